@@ -1,0 +1,216 @@
+//! Wiring and shutdown (does I/O): builds metrics, the dead-letter producer, one consumer and
+//! sink per flow and the admin server; SIGINT/SIGTERM → one cancellation token → processors stop
+//! fetching, flush, commit; the admin server closes last.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use rdkafka::consumer::StreamConsumer;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::{reload, EnvFilter, Registry};
+
+use crate::admin::{self, AdminState, LogControl};
+use crate::config::Config;
+use crate::flow::transform::TransformOptions;
+use crate::kafka::dead_letter::DeadLetterProducer;
+use crate::kafka::processor::FlowProcessor;
+use crate::kafka::{client_config, ensure_topics, FlowContext, FlowStatus};
+use crate::metrics::Metrics;
+use crate::postgis::Sink;
+
+/// Partitions given to topics the worker creates (input topics, dead-letter topic).
+pub const DEFAULT_TOPIC_PARTITIONS: i32 = 3;
+
+/// How long the final window may wait for the database at shutdown before it is left
+/// uncommitted (it is then re-read at the next start).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Fatal start-up errors (exit code 1).
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A Kafka client could not be created.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The admin server could not bind.
+    #[error("admin server: cannot bind {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Error.
+        source: std::io::Error,
+    },
+    /// A processor failed to start.
+    #[error("{0}")]
+    Processor(#[from] crate::kafka::processor::ProcessorError),
+}
+
+/// Log level control over a tracing reload handle.
+pub struct ReloadLog {
+    handle: reload::Handle<EnvFilter, Registry>,
+    level: Mutex<String>,
+}
+
+impl ReloadLog {
+    /// Wraps `handle`, whose filter is currently `level`.
+    pub fn new(handle: reload::Handle<EnvFilter, Registry>, level: &str) -> Self {
+        Self {
+            handle,
+            level: Mutex::new(level.to_string()),
+        }
+    }
+}
+
+impl LogControl for ReloadLog {
+    fn level(&self) -> String {
+        self.level.lock().expect("log lock").clone()
+    }
+
+    fn set_level(&self, level: &str) -> Result<String, String> {
+        let l = level.trim().to_lowercase();
+        if !["error", "warn", "info", "debug", "trace"].contains(&l.as_str()) {
+            return Err(format!("unknown level {level:?}: use error, warn, info, debug or trace"));
+        }
+        self.handle
+            .reload(EnvFilter::new(filter_directive(&l)))
+            .map_err(|e| e.to_string())?;
+        *self.level.lock().expect("log lock") = l.clone();
+        tracing::warn!(level = %l, "log level changed");
+        Ok(l)
+    }
+}
+
+/// The tracing filter for a level: ngsiflow at that level, dependencies no noisier than `warn`
+/// unless the level is itself quieter.
+pub fn filter_directive(level: &str) -> String {
+    if level.contains('=') {
+        return level.to_string();
+    }
+    match level {
+        "error" | "warn" | "off" => level.to_string(),
+        other => format!("warn,ngsiflow={other}"),
+    }
+}
+
+/// Runs the worker until SIGINT/SIGTERM or `cancel`.
+///
+/// # Errors
+/// [`AppError`] when a Kafka client cannot be created, the admin address cannot be bound or a
+/// flow cannot subscribe.
+pub async fn run(config: Config, log: Arc<dyn LogControl>, cancel: CancellationToken) -> Result<(), AppError> {
+    let config = Arc::new(config);
+    let args = &config.args;
+    let names: Vec<String> = config.flows.iter().map(|f| f.name.clone()).collect();
+    let metrics = Arc::new(Metrics::new(&names, args.max_tenant_labels));
+    let base = client_config(&args.brokers, &args.kafka_config);
+
+    let mut topics: Vec<String> = config.flows.iter().map(|f| f.topic.clone()).collect();
+    topics.push(config.dead_letter_topic.clone());
+    if let Err(e) = ensure_topics(&base, &topics, DEFAULT_TOPIC_PARTITIONS).await {
+        tracing::warn!(error = %e, "could not create topics; assuming they exist");
+    }
+    let dead_letters = Arc::new(DeadLetterProducer::new(&base, &config.dead_letter_topic)?);
+
+    let mut processors = Vec::new();
+    let mut statuses = Vec::new();
+    for spec in &config.flows {
+        let status = Arc::new(FlowStatus::default());
+        statuses.push((spec.name.clone(), status.clone()));
+        let mut c = base.clone();
+        c.set("group.id", &spec.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("statistics.interval.ms", args.kafka_stats_ms.to_string())
+            .set("topic.metadata.refresh.interval.ms", "10000")
+            .set("client.id", format!("ngsiflow-{}", spec.name));
+        for (k, v) in &args.kafka_config {
+            c.set(k, v);
+        }
+        let consumer: StreamConsumer<FlowContext> =
+            c.create_with_context(FlowContext::new(&spec.name, metrics.clone(), status.clone()))?;
+        processors.push(FlowProcessor {
+            spec: spec.clone(),
+            consumer,
+            sink: tokio::sync::Mutex::new(Sink::new(&args.pg_url)),
+            dead_letters: dead_letters.clone(),
+            metrics: metrics.clone(),
+            status,
+            transform: TransformOptions {
+                default_datamodel: args.default_datamodel,
+                srid: args.srid,
+            },
+            batch_size: args.batch_size as usize,
+            linger: Duration::from_millis(args.linger_ms),
+            max_backoff: Duration::from_millis(args.retry_max_backoff_ms),
+            topic_prefix: args.topic_prefix.clone(),
+        });
+    }
+
+    let admin_cancel = CancellationToken::new();
+    let state = Arc::new(AdminState {
+        metrics: metrics.clone(),
+        config: config.clone(),
+        flows: statuses,
+        log,
+        started: Utc::now(),
+        addr: Mutex::new(None),
+    });
+    admin::serve(args.admin_addr, state, admin_cancel.clone())
+        .await
+        .map_err(|source| AppError::Bind {
+            addr: args.admin_addr,
+            source,
+        })?;
+
+    let signals = cancel.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        signals.cancel();
+    });
+
+    let handles: Vec<_> = processors
+        .into_iter()
+        .map(|p| {
+            let c = cancel.clone();
+            tokio::spawn(p.run(c, SHUTDOWN_GRACE))
+        })
+        .collect();
+    let mut first_error = None;
+    for h in handles {
+        match h.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                cancel.cancel();
+                first_error.get_or_insert(AppError::from(e));
+            }
+            Err(e) => {
+                cancel.cancel();
+                tracing::error!(error = %e, "flow task panicked");
+            }
+        }
+    }
+    admin_cancel.cancel();
+    tracing::info!("ngsiflow stopped");
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

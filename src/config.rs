@@ -1,0 +1,281 @@
+//! Command-line and environment configuration, validated at start-up (pure apart from reading
+//! the flows directory).
+//!
+//! Every flag has an `NGSIFLOW_*` environment fallback. Invalid values stop the process before
+//! it connects anywhere, with a message naming the flag or flow-file key and exit code 2.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use crate::flow::{load_flows, FlowConfigError, FlowSpec};
+use crate::route::Datamodel;
+
+/// `ngsiflow` command line.
+#[derive(Debug, Parser)]
+#[command(name = "ngsiflow", version, about = "FIWARE NGSIv2 notifications from Kafka into PostgreSQL/PostGIS")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the worker: one consumer per enabled flow, writing to PostGIS.
+    Run(RunArgs),
+    /// Send NGSIv2 notifications to the raw topics (from a file or built-in samples).
+    Produce(crate::produce::ProduceArgs),
+}
+
+/// Flags of `ngsiflow run`.
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct RunArgs {
+    /// Kafka bootstrap servers (host:port[,host:port…]).
+    #[arg(long, env = "NGSIFLOW_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// PostgreSQL connection (URL `postgres://user:pass@host:port/db` or `key=value` form).
+    #[arg(long, env = "NGSIFLOW_PG_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub pg_url: String,
+    /// Prefix of every topic name (input topics and the dead-letter topic), e.g. `smc_`.
+    #[arg(long, env = "NGSIFLOW_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+    /// Base of the consumer group names: each flow uses `<group>-<flow>` unless its file says.
+    #[arg(long, env = "NGSIFLOW_GROUP", default_value = "ngsiflow")]
+    pub group: String,
+    /// Directory holding the flow files (`*.toml`).
+    #[arg(long, env = "NGSIFLOW_FLOWS_DIR", default_value = "flows")]
+    pub flows_dir: PathBuf,
+    /// Run only these flows (comma-separated names); default: every enabled flow.
+    #[arg(long, env = "NGSIFLOW_FLOWS", value_delimiter = ',')]
+    pub flows: Vec<String>,
+    /// Admin HTTP server address (`/metrics`, `/health`, `/ready`, `/logLevel`, `/config`).
+    #[arg(long, env = "NGSIFLOW_ADMIN_ADDR", default_value = "0.0.0.0:8000")]
+    pub admin_addr: SocketAddr,
+    /// Records per flush window (one transaction), 1–100000.
+    #[arg(long, env = "NGSIFLOW_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_size: u32,
+    /// Longest wait, in milliseconds, before a non-full window is flushed (0–60000).
+    #[arg(long, env = "NGSIFLOW_LINGER_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub linger_ms: u64,
+    /// Datamodel when a record has no `fiware-datamodel` header.
+    #[arg(long, env = "NGSIFLOW_DEFAULT_DATAMODEL", default_value = "dm-by-entity-type-database", value_parser = parse_datamodel)]
+    pub default_datamodel: Datamodel,
+    /// SRID embedded in every geometry.
+    #[arg(long, env = "NGSIFLOW_SRID", default_value_t = 4326, value_parser = clap::value_parser!(i32).range(1..=999_999))]
+    pub srid: i32,
+    /// Dead-letter topic for copies of failed records; default `<prefix>ngsiflow_dead_letter`.
+    #[arg(long, env = "NGSIFLOW_DEAD_LETTER_TOPIC")]
+    pub dead_letter_topic: Option<String>,
+    /// Log level (`error`, `warn`, `info`, `debug`, `trace`) or a tracing filter directive.
+    #[arg(long, env = "NGSIFLOW_LOG_LEVEL", default_value = "info", value_parser = parse_level)]
+    pub log_level: String,
+    /// Distinct `fiware_service` label values before others are counted as `other`.
+    #[arg(long, env = "NGSIFLOW_MAX_TENANT_LABELS", default_value_t = 100)]
+    pub max_tenant_labels: usize,
+    /// Longest pause, in milliseconds, between retries of a transient database failure.
+    #[arg(long, env = "NGSIFLOW_RETRY_MAX_BACKOFF_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub retry_max_backoff_ms: u64,
+    /// librdkafka statistics interval in milliseconds (feeds the consumer lag gauge).
+    #[arg(long, env = "NGSIFLOW_KAFKA_STATS_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub kafka_stats_ms: u64,
+    /// Extra librdkafka properties for consumers and the dead-letter producer (`key=value`,
+    /// repeatable), e.g. `-X security.protocol=SASL_SSL -X sasl.password=…`.
+    #[arg(short = 'X', long = "kafka-config", env = "NGSIFLOW_KAFKA_CONFIG", value_delimiter = ';', value_parser = parse_kv)]
+    pub kafka_config: Vec<(String, String)>,
+}
+
+fn parse_datamodel(s: &str) -> Result<Datamodel, String> {
+    s.parse().map_err(|e: crate::route::RouteError| e.to_string())
+}
+
+fn parse_level(s: &str) -> Result<String, String> {
+    let s = s.trim().to_lowercase();
+    tracing_subscriber::EnvFilter::try_new(&s)
+        .map(|_| s.clone())
+        .map_err(|e| format!("invalid log level {s:?}: {e}"))?;
+    if !s.contains('=') && !["error", "warn", "info", "debug", "trace", "off"].contains(&s.as_str()) {
+        return Err(format!("invalid log level {s:?}: use error, warn, info, debug or trace"));
+    }
+    Ok(s)
+}
+
+/// Parses `key=value`.
+///
+/// # Errors
+/// A message when there is no `=` or the key is empty.
+pub fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected key=value, got {s:?}")),
+    }
+}
+
+/// Configuration error found after flag parsing; `main` prints it and exits with code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A flow file is invalid.
+    #[error("invalid configuration: {0}")]
+    Flow(#[from] FlowConfigError),
+    /// `--flows` names a flow that no file defines.
+    #[error("invalid configuration: --flows: unknown flow {0:?}")]
+    UnknownFlow(String),
+    /// No flow is enabled.
+    #[error("invalid configuration: no flow is enabled (check `enabled` in the flow files and --flows)")]
+    NoFlows,
+}
+
+/// The effective configuration of a worker.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Flags as given.
+    pub args: RunArgs,
+    /// Flows to run (enabled and selected).
+    pub flows: Vec<FlowSpec>,
+    /// Dead-letter topic, resolved.
+    pub dead_letter_topic: String,
+}
+
+impl Config {
+    /// Loads and validates the flows for `args`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file and key, an unknown `--flows` entry, or no flow enabled.
+    pub fn from_args(args: RunArgs) -> Result<Self, ConfigError> {
+        let all = load_flows(&args.flows_dir, &args.topic_prefix, &args.group)?;
+        for name in &args.flows {
+            if !all.iter().any(|f| &f.name == name) {
+                return Err(ConfigError::UnknownFlow(name.clone()));
+            }
+        }
+        let flows: Vec<FlowSpec> = all
+            .into_iter()
+            .filter(|f| f.enabled && (args.flows.is_empty() || args.flows.contains(&f.name)))
+            .collect();
+        if flows.is_empty() {
+            return Err(ConfigError::NoFlows);
+        }
+        let dead_letter_topic = args
+            .dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}ngsiflow_dead_letter", args.topic_prefix));
+        Ok(Self {
+            args,
+            flows,
+            dead_letter_topic,
+        })
+    }
+
+    /// The effective configuration as JSON with every secret masked (`/config`).
+    pub fn masked_json(&self) -> serde_json::Value {
+        let mut args = serde_json::to_value(&self.args).unwrap_or_default();
+        if let Some(obj) = args.as_object_mut() {
+            obj.insert("pg_url".into(), mask_url(&self.args.pg_url).into());
+            let kc: serde_json::Map<String, serde_json::Value> = self
+                .args
+                .kafka_config
+                .iter()
+                .map(|(k, v)| {
+                    let v = if is_secret_key(k) { MASK.to_string() } else { mask_url(v) };
+                    (k.clone(), v.into())
+                })
+                .collect();
+            obj.insert("kafka_config".into(), kc.into());
+            obj.insert("brokers".into(), mask_url(&self.args.brokers).into());
+        }
+        serde_json::json!({
+            "args": args,
+            "dead_letter_topic": self.dead_letter_topic,
+            "flows": self.flows,
+        })
+    }
+}
+
+/// What replaces a secret in `/config` and logs.
+pub const MASK: &str = "***redacted***";
+
+/// True for keys that hold secrets (password, secret, token, key material, SASL settings).
+pub fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "passwd", "secret", "token", "sasl", "private", ".key", "credential"]
+        .iter()
+        .any(|s| k.contains(s))
+}
+
+/// Masks the password of a URL (`postgres://u:p@h/db` → `postgres://u:***redacted***@h/db`) and
+/// `password=` in key=value connection strings; other text is returned unchanged.
+pub fn mask_url(s: &str) -> String {
+    let mut out = s.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let rest_start = scheme_end + 3;
+        let authority_end = out[rest_start..].find(['/', '?']).map_or(out.len(), |i| rest_start + i);
+        if let Some(at) = out[rest_start..authority_end].rfind('@') {
+            let userinfo = &out[rest_start..rest_start + at];
+            if let Some(colon) = userinfo.find(':') {
+                out.replace_range(rest_start + colon + 1..rest_start + at, MASK);
+            }
+        }
+    }
+    // key=value form and URL query parameters
+    let mut masked = String::with_capacity(out.len());
+    for (i, part) in out.split_inclusive([' ', '&', '?']).enumerate() {
+        let _ = i;
+        match part.split_once('=') {
+            Some((k, v)) if is_secret_key(k.trim_start_matches(['?', '&'])) => {
+                let tail = if v.ends_with([' ', '&', '?']) { &v[v.len() - 1..] } else { "" };
+                masked.push_str(k);
+                masked.push('=');
+                masked.push_str(MASK);
+                masked.push_str(tail);
+            }
+            _ => masked.push_str(part),
+        }
+    }
+    masked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_secrets() {
+        let cases = [
+            ("postgres://ngsi:s3cret@db:5432/tests", "postgres://ngsi:***redacted***@db:5432/tests"),
+            ("postgres://ngsi@db/tests", "postgres://ngsi@db/tests"),
+            ("host=db user=u password=s3cret dbname=x", "host=db user=u password=***redacted*** dbname=x"),
+            ("postgres://db/x?user=u&password=s3cret&sslmode=off", "postgres://db/x?user=u&password=***redacted***&sslmode=off"),
+            ("127.0.0.1:9092", "127.0.0.1:9092"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(mask_url(input), want, "{input}");
+            assert!(!mask_url(input).contains("s3cret"));
+        }
+        assert!(is_secret_key("sasl.password"));
+        assert!(is_secret_key("ssl.key.password"));
+        assert!(!is_secret_key("bootstrap.servers"));
+    }
+
+    #[test]
+    fn level_validation() {
+        assert!(parse_level("INFO").is_ok());
+        assert!(parse_level("ngsiflow=debug").is_ok());
+        assert!(parse_level("loud").is_err());
+    }
+
+    #[test]
+    fn flag_errors_exit_with_2() {
+        for args in [
+            vec!["ngsiflow", "run", "--batch-size", "0"],
+            vec!["ngsiflow", "run", "--default-datamodel", "dm-nope"],
+            vec!["ngsiflow", "run", "--admin-addr", "nowhere"],
+            vec!["ngsiflow", "run", "--log-level", "loud"],
+        ] {
+            let err = Cli::try_parse_from(&args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+}

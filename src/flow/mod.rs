@@ -1,0 +1,292 @@
+//! Flow specifications: each flow is data (`flows/*.toml`) run by one generic pipeline (pure).
+//!
+//! A flow names its input topic, consumer group, write mode, key columns, table suffix, what
+//! `entityDelete` does and whether `TimeInstant` is required. The shipped files reproduce the
+//! reference semantics (DESIGN §3): historic inserts, lastdata upserts on `entityid` guarded by
+//! freshness and deletes on `entityDelete`, mutable upserts on `(entityid, timeinstant)`.
+
+pub mod transform;
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// How a flow writes a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    /// Plain insert; an identical replay is a no-op, a different row with the same key is a
+    /// duplicate-key error (DESIGN §4.5).
+    Insert,
+    /// `INSERT … ON CONFLICT (<key>) DO UPDATE` of the present columns.
+    Upsert,
+    /// Upsert applied only when the incoming `timeinstant` is `>=` the stored one or the stored
+    /// one is NULL (no check for records without `timeinstant`).
+    UpsertIfNewer,
+}
+
+/// What an `entityDelete` alteration does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntityDeleteMode {
+    /// The notification is stored as data like any other.
+    Store,
+    /// The entity's row is deleted (`DELETE … WHERE entityid = $1`).
+    Delete,
+}
+
+/// What a flow's input records are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowKind {
+    /// Orion NGSIv2 notifications written to PostGIS tables.
+    #[default]
+    Ngsi,
+    /// Kafka Connect dead-letter records (`__connect.errors.*` headers) written to the tenant's
+    /// error log (reference §6.3).
+    ConnectErrors,
+}
+
+/// A flow file as written (`flows/<name>.toml`); unknown keys are errors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowFile {
+    /// Flow name: `[a-z0-9_]+`, used in metrics labels and default topic/group names.
+    pub name: String,
+    /// Whether the worker runs this flow.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// What the input records are (default `ngsi`).
+    #[serde(default)]
+    pub kind: FlowKind,
+    /// Input topic without the topic prefix (default `raw_<name>`).
+    pub topic: Option<String>,
+    /// Consumer group (default `<group>-<name>`).
+    pub group: Option<String>,
+    /// Write mode (required for `ngsi` flows).
+    pub write_mode: Option<WriteMode>,
+    /// Conflict target of upserts, e.g. `["entityid"]`.
+    #[serde(default)]
+    pub key_columns: Vec<String>,
+    /// Appended to every table name (`""`, `_lastdata`, `_mutable`).
+    #[serde(default)]
+    pub table_suffix: String,
+    /// What `entityDelete` does (default `store`).
+    #[serde(default = "store")]
+    pub entity_delete: EntityDeleteMode,
+    /// Whether a record without `TimeInstant` is an error (true for historic/mutable).
+    #[serde(default)]
+    pub require_timeinstant: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn store() -> EntityDeleteMode {
+    EntityDeleteMode::Store
+}
+
+/// A validated flow with its topic and group resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlowSpec {
+    /// Flow name.
+    pub name: String,
+    /// Whether it runs.
+    pub enabled: bool,
+    /// Input kind.
+    pub kind: FlowKind,
+    /// Input topic, prefix applied.
+    pub topic: String,
+    /// Consumer group.
+    pub group: String,
+    /// Write mode.
+    pub write_mode: WriteMode,
+    /// Upsert conflict target, lower-case column names.
+    pub key_columns: Vec<String>,
+    /// Table suffix.
+    pub table_suffix: String,
+    /// `entityDelete` handling.
+    pub entity_delete: EntityDeleteMode,
+    /// Whether `TimeInstant` is required.
+    pub require_timeinstant: bool,
+}
+
+/// A flow file that does not make a valid flow; the message names the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowConfigError {
+    /// The file or directory could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// File or directory.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, unknown key or wrong type (toml's message names the key).
+    #[error("{path}: {message}")]
+    Parse {
+        /// File.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value that parses but is not allowed.
+    #[error("{path}: key `{key}`: {message}")]
+    Invalid {
+        /// File.
+        path: String,
+        /// Offending key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl FlowFile {
+    /// Validates the file and resolves topic (`<prefix><topic or raw_<name>>`) and group.
+    ///
+    /// # Errors
+    /// [`FlowConfigError::Invalid`] naming the key for a bad name, a missing write mode, empty
+    /// key columns for an upsert, or `entity_delete = "delete"` without `entityid` as key.
+    pub fn resolve(self, path: &str, topic_prefix: &str, group_base: &str) -> Result<FlowSpec, FlowConfigError> {
+        let invalid = |key: &'static str, message: String| FlowConfigError::Invalid {
+            path: path.to_string(),
+            key,
+            message,
+        };
+        if self.name.is_empty() || !self.name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_') {
+            return Err(invalid("name", format!("{:?} must match [a-z0-9_]+", self.name)));
+        }
+        let write_mode = match (self.kind, self.write_mode) {
+            (_, Some(m)) => m,
+            (FlowKind::ConnectErrors, None) => WriteMode::Insert,
+            (FlowKind::Ngsi, None) => return Err(invalid("write_mode", "is required (insert, upsert or upsert_if_newer)".into())),
+        };
+        let key_columns: Vec<String> = self.key_columns.iter().map(|k| k.to_lowercase()).collect();
+        if write_mode != WriteMode::Insert && key_columns.is_empty() {
+            return Err(invalid("key_columns", format!("must name the conflict target of write_mode {write_mode:?}")));
+        }
+        if write_mode == WriteMode::UpsertIfNewer && key_columns.iter().any(|k| k == "timeinstant") {
+            return Err(invalid("key_columns", "upsert_if_newer compares timeinstant, it cannot be part of the key".into()));
+        }
+        if self.entity_delete == EntityDeleteMode::Delete && !key_columns.iter().any(|k| k == "entityid") {
+            return Err(invalid("entity_delete", "delete needs entityid among key_columns".into()));
+        }
+        let topic = self.topic.unwrap_or_else(|| format!("raw_{}", self.name));
+        if topic.is_empty() {
+            return Err(invalid("topic", "must not be empty".into()));
+        }
+        Ok(FlowSpec {
+            group: self.group.unwrap_or_else(|| format!("{group_base}-{}", self.name)),
+            topic: format!("{topic_prefix}{topic}"),
+            name: self.name,
+            enabled: self.enabled,
+            kind: self.kind,
+            write_mode,
+            key_columns,
+            table_suffix: self.table_suffix,
+            entity_delete: self.entity_delete,
+            require_timeinstant: self.require_timeinstant,
+        })
+    }
+}
+
+/// Loads every `*.toml` in `dir`, sorted by file name.
+///
+/// # Errors
+/// [`FlowConfigError`] for an unreadable directory or file, a parse error, an invalid value, or
+/// two files declaring the same flow name.
+pub fn load_flows(dir: &Path, topic_prefix: &str, group_base: &str) -> Result<Vec<FlowSpec>, FlowConfigError> {
+    let io = |path: &Path, source| FlowConfigError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| io(dir, e))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    let mut flows: Vec<FlowSpec> = Vec::new();
+    for path in files {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+        let file: FlowFile = toml::from_str(&text).map_err(|e| FlowConfigError::Parse {
+            path: shown.clone(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        let spec = file.resolve(&shown, topic_prefix, group_base)?;
+        if flows.iter().any(|f| f.name == spec.name) {
+            return Err(FlowConfigError::Invalid {
+                path: shown,
+                key: "name",
+                message: format!("flow {:?} is defined twice", spec.name),
+            });
+        }
+        flows.push(spec);
+    }
+    if flows.is_empty() {
+        return Err(FlowConfigError::Invalid {
+            path: dir.display().to_string(),
+            key: "flows",
+            message: "no *.toml flow files found".into(),
+        });
+    }
+    Ok(flows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<FlowSpec, FlowConfigError> {
+        let file: FlowFile = toml::from_str(text).map_err(|e| FlowConfigError::Parse {
+            path: "t.toml".into(),
+            message: e.to_string(),
+        })?;
+        file.resolve("t.toml", "smc_", "ngsiflow")
+    }
+
+    #[test]
+    fn shipped_flow_files_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("flows");
+        let flows = load_flows(&dir, "", "ngsiflow").unwrap();
+        let names: Vec<_> = flows.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["errors", "historic", "lastdata", "mutable"]);
+        let last = flows.iter().find(|f| f.name == "lastdata").unwrap();
+        assert_eq!(last.topic, "raw_lastdata");
+        assert_eq!(last.group, "ngsiflow-lastdata");
+        assert_eq!(last.write_mode, WriteMode::UpsertIfNewer);
+        assert_eq!(last.entity_delete, EntityDeleteMode::Delete);
+        assert!(!last.require_timeinstant);
+        let hist = flows.iter().find(|f| f.name == "historic").unwrap();
+        assert!(hist.require_timeinstant);
+        assert_eq!(hist.table_suffix, "");
+    }
+
+    #[test]
+    fn defaults_and_prefix() {
+        let f = parse("name = \"historic\"\nwrite_mode = \"insert\"").unwrap();
+        assert_eq!(f.topic, "smc_raw_historic");
+        assert_eq!(f.group, "ngsiflow-historic");
+        let f = parse("name = \"x\"\nwrite_mode = \"insert\"\ntopic = \"in\"\ngroup = \"g\"").unwrap();
+        assert_eq!((f.topic.as_str(), f.group.as_str()), ("smc_in", "g"));
+    }
+
+    #[test]
+    fn invalid_files_name_the_key() {
+        let cases = [
+            ("name = \"x\"\nwrite_mode = \"insert\"\nbogus = 1", "bogus"),
+            ("name = \"x\"\nwrite_mode = \"merge\"", "write_mode"),
+            ("name = \"x\"", "write_mode"),
+            ("name = \"X y\"\nwrite_mode = \"insert\"", "name"),
+            ("name = \"x\"\nwrite_mode = \"upsert\"", "key_columns"),
+            ("name = \"x\"\nwrite_mode = \"upsert\"\nkey_columns = [\"timeinstant\"]\nentity_delete = \"delete\"", "entity_delete"),
+        ];
+        for (text, key) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! `ngsiflow` binary: parses the command line and hands over to the library.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use ngsiflow::app::{self, ReloadLog};
+use ngsiflow::config::{Cli, Command, Config};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::{layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse(); // exits with code 2 on invalid flags
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match cli.command {
+        Command::Run(args) => {
+            let level = args.log_level.clone();
+            let (filter, handle) = reload::Layer::new(EnvFilter::new(app::filter_directive(&level)));
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(tracing_subscriber::fmt::layer().with_target(false))
+                .init();
+            let config = match Config::from_args(args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("ngsiflow: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let log = Arc::new(ReloadLog::new(handle, &level));
+            match runtime.block_on(app::run(config, log, CancellationToken::new())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    let e = anyhow::Error::from(e);
+                    eprintln!("ngsiflow: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Produce(args) => {
+            tracing_subscriber::fmt().with_env_filter(EnvFilter::new("warn")).init();
+            match runtime.block_on(ngsiflow::produce::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ngsiflow produce: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

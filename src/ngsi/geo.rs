@@ -1,0 +1,292 @@
+//! NGSI geo attribute values to EWKB with an SRID (pure).
+//!
+//! Types and coordinate order follow NGSIv2 ("Geospatial properties of entities") and the
+//! reference §5: the simple location formats carry `"lat, lon"` strings and become lon/lat
+//! geometries; `geo:json` carries GeoJSON (RFC 7946, lon/lat) whose `Feature` is unwrapped to its
+//! geometry and whose `FeatureCollection` becomes its one geometry or a `GEOMETRYCOLLECTION`.
+//! Encoding goes through geozero (WKT or GeoJSON → EWKB), so PostGIS gets a geometry carrying
+//! its SRID whatever the column's type modifier. A malformed value is an error, never an empty
+//! point (Kafnus wrote NaN points).
+
+use geozero::{geojson::GeoJson, wkt::Wkt, CoordDimensions, ToWkb};
+use serde_json::Value as Json;
+
+/// Why a geo attribute value could not be converted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid {ngsi_type} value: {reason}")]
+pub struct GeoError {
+    /// The NGSI type that was being converted (`geo:point`, …).
+    pub ngsi_type: String,
+    /// What was wrong, lowercase.
+    pub reason: String,
+}
+
+/// True for the NGSI types this module converts (`geo:point`, `geo:line`, `geo:box`,
+/// `geo:polygon`, `geo:json`), compared case-insensitively.
+pub fn is_geo_type(ngsi_type: &str) -> bool {
+    matches!(
+        ngsi_type.to_ascii_lowercase().as_str(),
+        "geo:point" | "geo:line" | "geo:box" | "geo:polygon" | "geo:json"
+    )
+}
+
+/// Converts a geo attribute value into EWKB bytes (little-endian) with `srid` embedded.
+///
+/// `value` is the attribute's JSON value (never `null`: callers map `null` to SQL NULL first).
+///
+/// # Errors
+/// [`GeoError`] when the value does not have the shape its type requires, a coordinate is not a
+/// finite number (or a lat/lon is out of range for the simple formats), a polygon ring is not
+/// closed, or the type is not a geo type.
+pub fn to_ewkb(ngsi_type: &str, value: &Json, srid: i32) -> Result<Vec<u8>, GeoError> {
+    let ty = ngsi_type.to_ascii_lowercase();
+    let err = |reason: String| GeoError {
+        ngsi_type: ty.clone(),
+        reason,
+    };
+    match ty.as_str() {
+        "geo:point" => {
+            let (lat, lon) = lat_lon(value).map_err(err)?;
+            wkt_to_ewkb(&format!("POINT({lon} {lat})"), srid).map_err(err)
+        }
+        "geo:line" => {
+            let pts = lat_lon_list(value).map_err(err)?;
+            if pts.len() < 2 {
+                return Err(err("a line needs at least 2 points".into()));
+            }
+            wkt_to_ewkb(&format!("LINESTRING({})", join(&pts)), srid).map_err(err)
+        }
+        "geo:box" => {
+            let pts = lat_lon_list(value).map_err(err)?;
+            if pts.len() != 2 {
+                return Err(err("a box needs exactly 2 corners".into()));
+            }
+            let (lat_a, lon_a) = pts[0];
+            let (lat_b, lon_b) = pts[1];
+            let (s, n) = (lat_a.min(lat_b), lat_a.max(lat_b));
+            let (w, e) = (lon_a.min(lon_b), lon_a.max(lon_b));
+            let ring = [(s, w), (s, e), (n, e), (n, w), (s, w)];
+            wkt_to_ewkb(&format!("POLYGON(({}))", join(&ring)), srid).map_err(err)
+        }
+        "geo:polygon" => {
+            let pts = lat_lon_list(value).map_err(err)?;
+            if pts.len() < 4 {
+                return Err(err("a polygon ring needs at least 4 points".into()));
+            }
+            if pts.first() != pts.last() {
+                return Err(err("polygon ring is not closed (first point != last point)".into()));
+            }
+            wkt_to_ewkb(&format!("POLYGON(({}))", join(&pts)), srid).map_err(err)
+        }
+        "geo:json" => geojson_to_ewkb(value, srid).map_err(err),
+        _ => Err(err("not a geo type".into())),
+    }
+}
+
+fn geojson_to_ewkb(value: &Json, srid: i32) -> Result<Vec<u8>, String> {
+    let geometry = unwrap_feature(value)?;
+    let kind = geometry
+        .get("type")
+        .and_then(Json::as_str)
+        .ok_or("GeoJSON object without a type")?;
+    let dims = match kind {
+        "GeometryCollection" => {
+            let parts = geometry
+                .get("geometries")
+                .and_then(Json::as_array)
+                .ok_or("GeometryCollection without geometries")?;
+            let mut max = 2;
+            for g in parts {
+                max = max.max(check_coordinates(g.get("coordinates").ok_or("geometry without coordinates")?)?);
+            }
+            max
+        }
+        "Point" | "MultiPoint" | "LineString" | "MultiLineString" | "Polygon" | "MultiPolygon" => {
+            check_coordinates(geometry.get("coordinates").ok_or("geometry without coordinates")?)?
+        }
+        other => return Err(format!("unsupported GeoJSON type {other:?}")),
+    };
+    let dims = if dims == 3 {
+        CoordDimensions::xyz()
+    } else {
+        CoordDimensions::xy()
+    };
+    let text = geometry.to_string();
+    GeoJson(&text)
+        .to_ewkb(dims, Some(srid))
+        .map_err(|e| format!("GeoJSON geometry rejected: {e}"))
+}
+
+/// Feature → its geometry; FeatureCollection → its only geometry, or a GeometryCollection.
+fn unwrap_feature(value: &Json) -> Result<Json, String> {
+    match value.get("type").and_then(Json::as_str) {
+        Some("Feature") => match value.get("geometry") {
+            Some(g) if g.is_object() => Ok(g.clone()),
+            _ => Err("Feature without a geometry".into()),
+        },
+        Some("FeatureCollection") => {
+            let features = value
+                .get("features")
+                .and_then(Json::as_array)
+                .ok_or("FeatureCollection without features")?;
+            let mut geoms = features
+                .iter()
+                .map(unwrap_feature)
+                .collect::<Result<Vec<_>, _>>()?;
+            match geoms.len() {
+                0 => Err("FeatureCollection with no features".into()),
+                1 => Ok(geoms.remove(0)),
+                _ => Ok(serde_json::json!({"type": "GeometryCollection", "geometries": geoms})),
+            }
+        }
+        Some(_) => Ok(value.clone()),
+        None => Err("value is not a GeoJSON object".into()),
+    }
+}
+
+/// Checks every position is 2 or 3 finite numbers; returns the largest dimension seen.
+fn check_coordinates(c: &Json) -> Result<usize, String> {
+    let arr = c.as_array().ok_or("coordinates must be arrays")?;
+    if arr.first().is_some_and(Json::is_number) {
+        if !(2..=3).contains(&arr.len()) {
+            return Err(format!("a position must have 2 or 3 numbers, got {}", arr.len()));
+        }
+        for n in arr {
+            let f = n.as_f64().filter(|f| f.is_finite());
+            if f.is_none() {
+                return Err(format!("coordinate {n} is not a finite number"));
+            }
+        }
+        return Ok(arr.len());
+    }
+    if arr.is_empty() {
+        return Err("empty coordinates".into());
+    }
+    let mut max = 2;
+    for inner in arr {
+        max = max.max(check_coordinates(inner)?);
+    }
+    Ok(max)
+}
+
+fn lat_lon(value: &Json) -> Result<(f64, f64), String> {
+    let s = value
+        .as_str()
+        .ok_or_else(|| format!("expected a \"lat, lon\" string, got {value}"))?;
+    let mut parts = s.split(',');
+    let (Some(lat), Some(lon), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!("expected \"lat, lon\", got {s:?}"));
+    };
+    let parse = |p: &str, what: &str, limit: f64| -> Result<f64, String> {
+        let v: f64 = p
+            .trim()
+            .parse()
+            .map_err(|_| format!("{what} {:?} is not a number", p.trim()))?;
+        if !v.is_finite() || v.abs() > limit {
+            return Err(format!("{what} {v} is out of range [-{limit}, {limit}]"));
+        }
+        Ok(v)
+    };
+    Ok((parse(lat, "latitude", 90.0)?, parse(lon, "longitude", 180.0)?))
+}
+
+fn lat_lon_list(value: &Json) -> Result<Vec<(f64, f64)>, String> {
+    value
+        .as_array()
+        .ok_or_else(|| format!("expected an array of \"lat, lon\" strings, got {value}"))?
+        .iter()
+        .map(lat_lon)
+        .collect()
+}
+
+fn join(pts: &[(f64, f64)]) -> String {
+    pts.iter()
+        .map(|(lat, lon)| format!("{lon} {lat}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn wkt_to_ewkb(wkt: &str, srid: i32) -> Result<Vec<u8>, String> {
+    Wkt(wkt)
+        .to_ewkb(CoordDimensions::xy(), Some(srid))
+        .map_err(|e| format!("cannot encode {wkt}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// EWKB header check: little-endian, type with the SRID flag, SRID 4326.
+    fn header(ewkb: &[u8]) -> (u32, i32) {
+        assert_eq!(ewkb[0], 1, "little endian");
+        let ty = u32::from_le_bytes(ewkb[1..5].try_into().unwrap());
+        assert!(ty & 0x2000_0000 != 0, "SRID flag set");
+        let srid = i32::from_le_bytes(ewkb[5..9].try_into().unwrap());
+        (ty & 0xff, srid)
+    }
+
+    #[test]
+    fn converts_every_geo_type() {
+        let cases = [
+            ("geo:point", json!("40.4168, -3.7038"), 1),
+            ("geo:line", json!(["1.4168, -1.7038", "1.4178, -1.7028"]), 2),
+            ("geo:box", json!(["1.0, -2.0", "2.0, -1.0"]), 3),
+            ("geo:polygon", json!(["1.4168, -1.704", "1.4175, -1.703", "1.4162, -1.702", "1.4168, -1.704"]), 3),
+            ("geo:json", json!({"type": "Point", "coordinates": [-3.7, 40.4]}), 1),
+            ("geo:json", json!({"type": "LineString", "coordinates": [[0, 0], [1, 1]]}), 2),
+            ("geo:json", json!({"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]}), 3),
+            ("geo:json", json!({"type": "MultiPoint", "coordinates": [[0, 0], [1, 1]]}), 4),
+            ("geo:json", json!({"type": "MultiLineString", "coordinates": [[[0, 0], [1, 1]], [[2, 2], [3, 3]]]}), 5),
+            ("geo:json", json!({"type": "MultiPolygon", "coordinates": [[[[0, 0], [1, 0], [1, 1], [0, 0]]]]}), 6),
+            ("geo:json", json!({"type": "GeometryCollection", "geometries": [{"type": "Point", "coordinates": [0, 0]}]}), 7),
+            ("geo:json", json!({"type": "Feature", "properties": {}, "geometry": {"type": "Point", "coordinates": [1, 2]}}), 1),
+            ("geo:json", json!({"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]}}]}), 1),
+            ("geo:json", json!({"type": "FeatureCollection", "features": [
+                {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]}},
+                {"type": "Feature", "geometry": {"type": "Point", "coordinates": [3, 4]}}]}), 7),
+            ("GEO:POINT", json!("90.0,180.0"), 1),
+        ];
+        for (ty, value, want_type) in cases {
+            let ewkb = to_ewkb(ty, &value, 4326).unwrap_or_else(|e| panic!("{ty} {value}: {e}"));
+            assert_eq!(header(&ewkb), (want_type, 4326), "{ty} {value}");
+        }
+    }
+
+    #[test]
+    fn point_is_lon_lat() {
+        let ewkb = to_ewkb("geo:point", &json!("90.0,180.0"), 4326).unwrap();
+        let x = f64::from_le_bytes(ewkb[9..17].try_into().unwrap());
+        let y = f64::from_le_bytes(ewkb[17..25].try_into().unwrap());
+        assert_eq!((x, y), (180.0, 90.0));
+    }
+
+    #[test]
+    fn three_d_geojson_keeps_z() {
+        let ewkb = to_ewkb("geo:json", &json!({"type": "Point", "coordinates": [1, 2, 3]}), 4326).unwrap();
+        let ty = u32::from_le_bytes(ewkb[1..5].try_into().unwrap());
+        assert!(ty & 0x8000_0000 != 0, "Z flag set");
+    }
+
+    #[test]
+    fn malformed_values_are_errors() {
+        let cases = [
+            ("geo:point", json!("abc")),
+            ("geo:point", json!("91, 0")),
+            ("geo:point", json!("1, 2, 3")),
+            ("geo:point", json!([1, 2])),
+            ("geo:line", json!(["1, 2"])),
+            ("geo:box", json!(["1, 2"])),
+            ("geo:polygon", json!(["0, 0", "0, 1", "1, 1", "1, 0"])),
+            ("geo:json", json!({"type": "Point", "coordinates": ["a", 1]})),
+            ("geo:json", json!({"type": "Point", "coordinates": [1]})),
+            ("geo:json", json!({"type": "Circle", "coordinates": [1, 2]})),
+            ("geo:json", json!({"type": "Feature", "geometry": null})),
+            ("geo:json", json!("POINT(1 2)")),
+            ("geo:circle", json!("1, 2")),
+        ];
+        for (ty, value) in cases {
+            assert!(to_ewkb(ty, &value, 4326).is_err(), "{ty} {value} should fail");
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! NGSIv2 notification model and decoding from Kafka record bytes (pure, no I/O).
+//!
+//! Input contract (DESIGN §3, reference §1): the value is an Orion NGSIv2 notification
+//! `{"subscriptionId", "data": [entity…]}` in normalized attribute format; the routing headers
+//! `Fiware-Service`, `Fiware-Servicepath`, `fiware-datamodel` and `Fiware-Correlator` are matched
+//! case-insensitively. Legacy envelopes (`payload` holding the notification as a JSON string or
+//! object, and the Cygnus-style NGSIv1 `{"headers", "body": {"attributes": [...]}}` form) are
+//! unwrapped.
+
+pub mod geo;
+pub mod time;
+pub mod value;
+
+use serde_json::{Map, Value as Json};
+
+/// Default tenant when a record carries no `Fiware-Service` (Orion omits it for the default tenant).
+pub const DEFAULT_SERVICE: &str = "default";
+/// Default service path when a record carries no `Fiware-Servicepath` (Orion's root path).
+pub const DEFAULT_SERVICEPATH: &str = "/";
+
+/// Why a Kafka record could not be decoded into a notification. Always a bad-input error: the
+/// record goes to the tenant's error log and the dead-letter topic, and the flow moves on.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    /// The record had no value (a tombstone); Orion never sends those.
+    #[error("record has no value")]
+    EmptyValue,
+    /// The value is not valid JSON (serde_json's message, with line and column).
+    #[error("invalid JSON in notification: {0}")]
+    InvalidJson(String),
+    /// The value is JSON but has no `data` array (nor a legacy envelope holding one).
+    #[error("notification has no data array")]
+    MissingData,
+}
+
+/// Routing headers of one record, already normalised as Kafnus does (reference §1.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NgsiHeaders {
+    /// Tenant, lower-cased; `default` when missing or empty.
+    pub service: String,
+    /// Service path, lower-cased, with a leading `/`; `/` when missing or empty.
+    pub servicepath: String,
+    /// Raw `fiware-datamodel` header (not lower-cased), when present and not blank.
+    pub datamodel: Option<String>,
+    /// `Fiware-Correlator`, used for log context only.
+    pub correlator: Option<String>,
+}
+
+impl NgsiHeaders {
+    /// Reads the routing headers from `(name, value)` pairs, names compared case-insensitively.
+    /// Values that are not UTF-8 are read lossily.
+    pub fn from_pairs<'a, I>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (&'a str, &'a [u8])>,
+    {
+        let mut service = None;
+        let mut servicepath = None;
+        let mut datamodel = None;
+        let mut correlator = None;
+        for (name, value) in pairs {
+            let value = String::from_utf8_lossy(value).trim().to_string();
+            match name.to_ascii_lowercase().as_str() {
+                "fiware-service" => service = Some(value),
+                "fiware-servicepath" => servicepath = Some(value),
+                "fiware-datamodel" => datamodel = Some(value),
+                "fiware-correlator" => correlator = Some(value),
+                _ => {}
+            }
+        }
+        Self::normalise(service, servicepath, datamodel, correlator)
+    }
+
+    fn normalise(
+        service: Option<String>,
+        servicepath: Option<String>,
+        datamodel: Option<String>,
+        correlator: Option<String>,
+    ) -> Self {
+        let service = match service {
+            Some(s) if !s.trim().is_empty() => s.trim().to_lowercase(),
+            _ => DEFAULT_SERVICE.to_string(),
+        };
+        let servicepath = match servicepath {
+            Some(p) if !p.trim().is_empty() => {
+                let p = p.trim().to_lowercase();
+                if p.starts_with('/') {
+                    p
+                } else {
+                    format!("/{p}")
+                }
+            }
+            _ => DEFAULT_SERVICEPATH.to_string(),
+        };
+        NgsiHeaders {
+            service,
+            servicepath,
+            datamodel: datamodel.filter(|d| !d.trim().is_empty()),
+            correlator: correlator.filter(|c| !c.is_empty()),
+        }
+    }
+}
+
+/// One NGSI attribute as notified in normalized format: `{"type": T, "value": V, "metadata": {}}`.
+/// Metadata is ignored by the PostGIS flows (reference §4.1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attribute {
+    /// Attribute name exactly as notified (column names are its lower-cased form).
+    pub name: String,
+    /// NGSI attribute type (`Number`, `DateTime`, `geo:json`, …) when given.
+    pub ngsi_type: Option<String>,
+    /// The attribute value; `null` when missing.
+    pub value: Json,
+}
+
+/// One entity of a notification (a *record* in flow terms).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entity {
+    /// `id`; `None` when missing or not a string (an error for every flow).
+    pub id: Option<String>,
+    /// `type`; `None` when missing or not a string (an error: routing needs it).
+    pub entity_type: Option<String>,
+    /// Attributes in notification order, `id` and `type` excluded.
+    pub attributes: Vec<Attribute>,
+    /// The entity exactly as received, for the dead-letter copy.
+    pub raw: Json,
+}
+
+impl Entity {
+    /// The attribute whose lower-cased name is `name` (last one wins, as columns do).
+    pub fn attribute(&self, lowercase_name: &str) -> Option<&Attribute> {
+        self.attributes
+            .iter()
+            .rev()
+            .find(|a| a.name.eq_ignore_ascii_case(lowercase_name))
+    }
+
+    /// True when the entity's `alterationType` is `entityDelete` (case-insensitive; a plain
+    /// string value is accepted too). Orion sends it only when the subscription lists
+    /// `alterationType` in `notification.attrs`.
+    pub fn is_delete(&self) -> bool {
+        self.attribute("alterationtype").is_some_and(|a| {
+            let v = match &a.value {
+                Json::String(s) => s.as_str(),
+                _ => "",
+            };
+            v.eq_ignore_ascii_case("entitydelete")
+        })
+    }
+}
+
+/// A decoded notification: headers plus its entities, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notification {
+    /// Routing headers (from Kafka headers, or from the body for legacy records).
+    pub headers: NgsiHeaders,
+    /// `subscriptionId` when present.
+    pub subscription_id: Option<String>,
+    /// Entities of `data`, in order; may be empty.
+    pub entities: Vec<Entity>,
+}
+
+/// Decodes a Kafka record value plus its headers into a [`Notification`].
+///
+/// When the record has none of the routing headers, a legacy body field `headers` or top-level
+/// `fiware-service`/`fiware-servicepath` keys are used instead (reference §1.2).
+///
+/// # Errors
+/// [`DecodeError`] when the value is missing, not JSON, or holds no `data` array.
+pub fn decode(value: Option<&[u8]>, headers: &[(&str, &[u8])]) -> Result<Notification, DecodeError> {
+    let bytes = value.ok_or(DecodeError::EmptyValue)?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(DecodeError::EmptyValue);
+    }
+    let root: Json =
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
+    let has_routing_headers = headers.iter().any(|(n, _)| {
+        let n = n.to_ascii_lowercase();
+        n == "fiware-service" || n == "fiware-servicepath"
+    });
+    let (body, body_headers) = unwrap_envelope(root)?;
+    let headers = if has_routing_headers || body_headers.is_none() {
+        NgsiHeaders::from_pairs(headers.iter().copied())
+    } else {
+        let mut h = body_headers.unwrap_or_default();
+        // Kafka headers that are present (datamodel, correlator) still apply.
+        let k = NgsiHeaders::from_pairs(headers.iter().copied());
+        if h.datamodel.is_none() {
+            h.datamodel = k.datamodel;
+        }
+        if h.correlator.is_none() {
+            h.correlator = k.correlator;
+        }
+        h
+    };
+    let subscription_id = body
+        .get("subscriptionId")
+        .and_then(Json::as_str)
+        .map(str::to_string);
+    let data = match body.get("data") {
+        Some(Json::Array(items)) => items,
+        _ => return Err(DecodeError::MissingData),
+    };
+    let entities = data.iter().map(entity_from_json).collect();
+    Ok(Notification {
+        headers,
+        subscription_id,
+        entities,
+    })
+}
+
+/// Unwraps `{"payload": "<json>"}`, `{"payload": {...}}` and NGSIv1 bodies; returns the NGSIv2
+/// notification object and routing headers found in the body, if any.
+fn unwrap_envelope(root: Json) -> Result<(Map<String, Json>, Option<NgsiHeaders>), DecodeError> {
+    let Json::Object(mut obj) = root else {
+        return Err(DecodeError::MissingData);
+    };
+    let body_headers = body_headers(&obj);
+    if !obj.contains_key("data") {
+        if let Some(payload) = obj.remove("payload") {
+            let inner = match payload {
+                Json::String(s) => serde_json::from_str(&s)
+                    .map_err(|e| DecodeError::InvalidJson(format!("in payload: {e}")))?,
+                other => other,
+            };
+            let (inner, inner_headers) = unwrap_envelope(inner)?;
+            return Ok((inner, inner_headers.or(body_headers)));
+        }
+        if let Some(Json::Object(body)) = obj.get("body") {
+            if let Some(v2) = ngsiv1_to_v2(body) {
+                return Ok((v2, body_headers));
+            }
+        }
+    }
+    Ok((obj, body_headers))
+}
+
+fn body_headers(obj: &Map<String, Json>) -> Option<NgsiHeaders> {
+    let lookup = |m: &Map<String, Json>, key: &str| {
+        m.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .and_then(|(_, v)| v.as_str().map(str::to_string))
+    };
+    let (service, servicepath) = match obj.get("headers") {
+        Some(Json::Object(h)) => (lookup(h, "fiware-service"), lookup(h, "fiware-servicepath")),
+        _ => (lookup(obj, "fiware-service"), lookup(obj, "fiware-servicepath")),
+    };
+    if service.is_none() && servicepath.is_none() {
+        return None;
+    }
+    Some(NgsiHeaders::normalise(service, servicepath, None, None))
+}
+
+/// Converts a Cygnus-style NGSIv1 body `{"entityId", "entityType", "attributes": [{"attrName",
+/// "attrType"|"type", "attrValue"}]}` into an NGSIv2 notification with one entity.
+fn ngsiv1_to_v2(body: &Map<String, Json>) -> Option<Map<String, Json>> {
+    let attrs = body.get("attributes")?.as_array()?;
+    let mut entity = Map::new();
+    entity.insert("id".into(), body.get("entityId").cloned().unwrap_or(Json::Null));
+    entity.insert("type".into(), body.get("entityType").cloned().unwrap_or(Json::Null));
+    for a in attrs {
+        let name = a.get("attrName")?.as_str()?;
+        let ty = a.get("attrType").or_else(|| a.get("type")).cloned().unwrap_or(Json::Null);
+        let value = a.get("attrValue").cloned().unwrap_or(Json::Null);
+        entity.insert(name.into(), serde_json::json!({"type": ty, "value": value}));
+    }
+    let mut n = Map::new();
+    n.insert("subscriptionId".into(), Json::String("ngsiv1".into()));
+    n.insert("data".into(), Json::Array(vec![Json::Object(entity)]));
+    Some(n)
+}
+
+fn entity_from_json(raw: &Json) -> Entity {
+    let mut id = None;
+    let mut entity_type = None;
+    let mut attributes = Vec::new();
+    if let Json::Object(map) = raw {
+        for (name, v) in map {
+            match name.as_str() {
+                "id" => id = v.as_str().map(str::to_string),
+                "type" => entity_type = v.as_str().map(str::to_string),
+                _ => {
+                    let (ngsi_type, value) = match v {
+                        Json::Object(attr) => (
+                            attr.get("type").and_then(Json::as_str).map(str::to_string),
+                            attr.get("value").cloned().unwrap_or(Json::Null),
+                        ),
+                        // keyValues format: the bare value (Kafnus wrote NULL here; keeping the
+                        // value is strictly more useful and loses nothing).
+                        other => (None, other.clone()),
+                    };
+                    attributes.push(Attribute {
+                        name: name.clone(),
+                        ngsi_type,
+                        value,
+                    });
+                }
+            }
+        }
+    }
+    Entity {
+        id,
+        entity_type,
+        attributes,
+        raw: raw.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static [u8])> {
+        pairs.iter().map(|(k, v)| (*k, v.as_bytes())).collect()
+    }
+
+    #[test]
+    fn headers_are_case_insensitive_and_defaulted() {
+        let cases: &[(&[(&str, &str)], &str, &str, Option<&str>)] = &[
+            (&[], "default", "/", None),
+            (&[("Fiware-Service", "Acme"), ("Fiware-Servicepath", "/Parking/North")], "acme", "/parking/north", None),
+            (&[("FIWARE-SERVICE", "x"), ("fiware-servicepath", "abc")], "x", "/abc", None),
+            (&[("fiware-service", "  "), ("fiware-servicepath", "")], "default", "/", None),
+            (&[("fiware-datamodel", "dm-by-entity-type-database-schema")], "default", "/", Some("dm-by-entity-type-database-schema")),
+            (&[("fiware-datamodel", " ")], "default", "/", None),
+        ];
+        for (pairs, service, sp, dm) in cases {
+            let got = NgsiHeaders::from_pairs(pairs.iter().map(|(k, v)| (*k, v.as_bytes())));
+            assert_eq!(got.service, *service, "{pairs:?}");
+            assert_eq!(got.servicepath, *sp, "{pairs:?}");
+            assert_eq!(got.datamodel.as_deref(), *dm, "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn decodes_entities_in_order() {
+        let v = br#"{"subscriptionId":"s1","data":[
+            {"id":"E1","type":"T","TimeInstant":{"type":"DateTime","value":"2026-01-01T00:00:00.000Z","metadata":{}},"temp":{"type":"Number","value":21.5}},
+            {"id":"E2","type":"T","status":{"type":"Text","value":"ok"}}]}"#;
+        let n = decode(Some(v), &h(&[("Fiware-Service", "acme")])).unwrap();
+        assert_eq!(n.subscription_id.as_deref(), Some("s1"));
+        assert_eq!(n.entities.len(), 2);
+        assert_eq!(n.entities[0].id.as_deref(), Some("E1"));
+        assert_eq!(n.entities[0].attributes[0].name, "TimeInstant");
+        assert_eq!(n.entities[0].attributes[1].value, serde_json::json!(21.5));
+        assert_eq!(n.entities[1].attributes[0].ngsi_type.as_deref(), Some("Text"));
+    }
+
+    #[test]
+    fn decode_errors() {
+        assert_eq!(decode(None, &[]), Err(DecodeError::EmptyValue));
+        assert!(matches!(decode(Some(b"{not json"), &[]), Err(DecodeError::InvalidJson(_))));
+        assert_eq!(decode(Some(b"{\"subscriptionId\":\"x\"}"), &[]), Err(DecodeError::MissingData));
+        assert_eq!(decode(Some(b"{\"data\":{}}"), &[]), Err(DecodeError::MissingData));
+        assert_eq!(decode(Some(b"[1,2]"), &[]), Err(DecodeError::MissingData));
+    }
+
+    #[test]
+    fn legacy_envelopes() {
+        let inner = r#"{"data":[{"id":"E","type":"T"}]}"#;
+        let as_string = serde_json::json!({"schema": {"type": "string"}, "payload": inner, "fiware-service": "Old"});
+        let n = decode(Some(as_string.to_string().as_bytes()), &[]).unwrap();
+        assert_eq!(n.entities[0].id.as_deref(), Some("E"));
+        assert_eq!(n.headers.service, "old");
+        let as_object = serde_json::json!({"payload": {"data": [{"id": "E2", "type": "T"}]}});
+        let n = decode(Some(as_object.to_string().as_bytes()), &h(&[("fiware-service", "k")])).unwrap();
+        assert_eq!(n.entities[0].id.as_deref(), Some("E2"));
+        assert_eq!(n.headers.service, "k");
+        let v1 = serde_json::json!({"headers": {"fiware-service": "svc", "fiware-servicepath": "/p"},
+            "body": {"entityId": "R1", "entityType": "Room", "attributes": [{"attrName": "temperature", "attrType": "Number", "attrValue": 3}]}});
+        let n = decode(Some(v1.to_string().as_bytes()), &[]).unwrap();
+        assert_eq!(n.headers.service, "svc");
+        assert_eq!(n.headers.servicepath, "/p");
+        assert_eq!(n.entities[0].attribute("temperature").unwrap().value, serde_json::json!(3));
+    }
+
+    #[test]
+    fn delete_detection() {
+        let v = br#"{"data":[{"id":"E","type":"T","alterationType":{"type":"Text","value":"entityDelete"}},
+                              {"id":"F","type":"T","alterationType":{"type":"Text","value":"entityUpdate"}}]}"#;
+        let n = decode(Some(v), &[]).unwrap();
+        assert!(n.entities[0].is_delete());
+        assert!(!n.entities[1].is_delete());
+    }
+}

@@ -1,0 +1,146 @@
+//! ISO 8601 date-time parsing for NGSI `DateTime`/`ISO8601` values and `TimeInstant` (pure).
+//!
+//! Accepts every form the reference test suite sends (`001_ngsi_types/003_date_time`, reference
+//! §4.4): a date alone, `T` or space separated times with minutes, seconds and any number of
+//! fraction digits (kept to the microsecond, PostgreSQL's precision), and offsets `Z`, `±hh`,
+//! `±hh:mm`, `±hhmm`. A value without an offset is read as UTC, as Orion and Kafnus do.
+
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
+
+/// Why a string is not an ISO 8601 date-time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid ISO 8601 date-time {0:?}")]
+pub struct TimeError(pub String);
+
+/// Parses an ISO 8601 date-time into UTC.
+///
+/// # Errors
+/// [`TimeError`] naming the input when it is not one of the accepted forms or not a real
+/// calendar date/time.
+pub fn parse_datetime(input: &str) -> Result<DateTime<Utc>, TimeError> {
+    parse(input.trim()).ok_or_else(|| TimeError(input.to_string()))
+}
+
+fn parse(s: &str) -> Option<DateTime<Utc>> {
+    let b = s.as_bytes();
+    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let year: i32 = digits(&b[0..4])?;
+    let month: u32 = digits(&b[5..7])?;
+    let day: u32 = digits(&b[8..10])?;
+    let date = NaiveDate::from_ymd_opt(year, month, day)?;
+    let mut rest = &b[10..];
+    if rest.is_empty() {
+        return Some(Utc.from_utc_datetime(&date.and_hms_opt(0, 0, 0)?));
+    }
+    if rest[0] != b'T' && rest[0] != b't' && rest[0] != b' ' {
+        return None;
+    }
+    rest = &rest[1..];
+    // hours, then optional :mm, :ss, .fraction
+    let hour: u32 = digits(rest.get(0..2)?)?;
+    rest = &rest[2..];
+    let (mut minute, mut second, mut nanos) = (0u32, 0u32, 0u32);
+    if rest.first() == Some(&b':') {
+        minute = digits(rest.get(1..3)?)?;
+        rest = &rest[3..];
+        if rest.first() == Some(&b':') {
+            second = digits(rest.get(1..3)?)?;
+            rest = &rest[3..];
+            if matches!(rest.first(), Some(b'.') | Some(b',')) {
+                let frac_len = rest[1..].iter().take_while(|c| c.is_ascii_digit()).count();
+                if frac_len == 0 {
+                    return None;
+                }
+                let frac = &rest[1..1 + frac_len];
+                // Keep nanosecond digits; PostgreSQL rounds to microseconds itself.
+                let mut n: u32 = 0;
+                for i in 0..9 {
+                    n = n * 10 + frac.get(i).map_or(0, |c| u32::from(c - b'0'));
+                }
+                nanos = n;
+                rest = &rest[1 + frac_len..];
+            }
+        }
+    }
+    let time = NaiveTime::from_hms_nano_opt(hour, minute, second, nanos)?;
+    let naive = NaiveDateTime::new(date, time);
+    let offset_secs: i32 = match rest {
+        [] => 0,
+        [b'Z'] | [b'z'] => 0,
+        [sign @ (b'+' | b'-'), tail @ ..] => {
+            let (h, m): (i32, i32) = match tail {
+                [h1, h2] => (digits(&[*h1, *h2])?, 0),
+                [h1, h2, b':', m1, m2] | [h1, h2, m1, m2] => {
+                    (digits(&[*h1, *h2])?, digits(&[*m1, *m2])?)
+                }
+                _ => return None,
+            };
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let secs = h * 3600 + m * 60;
+            if *sign == b'-' {
+                -secs
+            } else {
+                secs
+            }
+        }
+        _ => return None,
+    };
+    let offset = FixedOffset::east_opt(offset_secs)?;
+    let local = offset.from_local_datetime(&naive).single()?;
+    Some(local.with_timezone(&Utc))
+}
+
+fn digits<T: std::str::FromStr>(b: &[u8]) -> Option<T> {
+    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+/// Renders a UTC instant as RFC 3339 with microseconds (`2026-03-01T08:15:00.123456Z`), the
+/// form bound into `timestamptz` columns and written into the error log's queries.
+pub fn to_rfc3339_micros(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_forms() {
+        let cases = [
+            ("2025-05-15", "2025-05-15T00:00:00.000000Z"),
+            ("2025-05-15T12:00:01", "2025-05-15T12:00:01.000000Z"),
+            ("2025-05-15T12:00:02.123Z", "2025-05-15T12:00:02.123000Z"),
+            ("2025-05-15T12:00:03.123+02:00", "2025-05-15T10:00:03.123000Z"),
+            ("2025-05-15T12:00:04+02", "2025-05-15T10:00:04.000000Z"),
+            ("2025-05-15T12:00:05+0200", "2025-05-15T10:00:05.000000Z"),
+            ("2025-05-15T12:01Z", "2025-05-15T12:01:00.000000Z"),
+            ("2025-05-15T12:02", "2025-05-15T12:02:00.000000Z"),
+            ("2025-05-15T13", "2025-05-15T13:00:00.000000Z"),
+            ("2025-05-15 13:00:00.123456789-03:30", "2025-05-15T16:30:00.123456Z"),
+            ("2026-03-01T08:15:00.000Z", "2026-03-01T08:15:00.000000Z"),
+            ("2024-02-29T23:59:59.999999Z", "2024-02-29T23:59:59.999999Z"),
+        ];
+        for (input, want) in cases {
+            let got = parse_datetime(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(to_rfc3339_micros(&got), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn rejected_forms() {
+        for bad in [
+            "", "null", "March", "12345", "2025-13-01", "2025-02-30", "2025-05-15T25:00",
+            "2025-05-15T12:00:00.Z", "2025-05-15T12:00:00+2", "2025-05-15X12", "2025/05/15",
+            "2025-05-15T12:00:00 garbage",
+        ] {
+            assert!(parse_datetime(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Every SQL statement ngsiflow runs, built in one place (pure).
+//!
+//! Values are always bound as parameters: one `text[]` per column, unnested and cast to the
+//! column's own type (`format_type` output), so a statement's text depends only on the table and
+//! its column set and is prepared once. Identifiers are always quoted.
+
+use crate::flow::WriteMode;
+use crate::route::{quote_ident, TableRef};
+
+/// Reads a table's columns: name, printed type (`format_type`) and base `typname`
+/// (domains resolved to their base type). Parameters: schema, table.
+pub const TABLE_COLUMNS: &str = "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
+     COALESCE(bt.typname, t.typname)::text \
+     FROM pg_attribute a \
+     JOIN pg_class c ON c.oid = a.attrelid \
+     JOIN pg_namespace n ON n.oid = c.relnamespace \
+     JOIN pg_type t ON t.oid = a.atttypid \
+     LEFT JOIN pg_type bt ON t.typtype = 'd' AND bt.oid = t.typbasetype \
+     WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p') \
+       AND a.attnum > 0 AND NOT a.attisdropped \
+     ORDER BY a.attnum";
+
+/// A column of a statement: name and SQL type to cast to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Col<'a> {
+    /// Column name (unquoted).
+    pub name: &'a str,
+    /// Type as printed by `format_type` (`integer`, `geometry(Point,4326)`, …).
+    pub sql_type: &'a str,
+}
+
+fn unnest_select(cols: &[Col<'_>]) -> String {
+    let casts: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("u.c{}::{}", i + 1, c.sql_type))
+        .collect();
+    let arrays: Vec<String> = (1..=cols.len()).map(|i| format!("${i}::text[]")).collect();
+    let aliases: Vec<String> = (1..=cols.len()).map(|i| format!("c{i}")).collect();
+    format!(
+        "SELECT {} FROM unnest({}) AS u({})",
+        casts.join(", "),
+        arrays.join(", "),
+        aliases.join(", ")
+    )
+}
+
+fn column_list(cols: &[Col<'_>]) -> String {
+    cols.iter().map(|c| quote_ident(c.name)).collect::<Vec<_>>().join(", ")
+}
+
+/// The write statement of a group of rows sharing table and column set. It returns one row per
+/// row actually inserted or updated, so `rows.len()` counts written rows:
+/// * `Insert`: `… ON CONFLICT DO NOTHING` (a conflicting row returns nothing and is then checked
+///   for being an identical replay);
+/// * `Upsert`: `… ON CONFLICT (<keys>) DO UPDATE SET <non-key columns> = EXCLUDED.<col>`;
+/// * `UpsertIfNewer`: the same plus `WHERE EXCLUDED.timeinstant >= cur.timeinstant OR
+///   cur.timeinstant IS NULL` when the rows carry `timeinstant` (reference §2.2, with the
+///   stored-NULL case fixed per DESIGN §3).
+///
+/// `strict` builds a plain `INSERT` without conflict handling, used to obtain PostgreSQL's own
+/// duplicate-key error for a row that is not an identical replay.
+pub fn write_statement(table: &TableRef, cols: &[Col<'_>], mode: WriteMode, keys: &[String], strict: bool) -> String {
+    let mut sql = format!(
+        "INSERT INTO {} AS cur ({}) {}",
+        table.quoted(),
+        column_list(cols),
+        unnest_select(cols)
+    );
+    if strict {
+        return sql;
+    }
+    match mode {
+        WriteMode::Insert => sql.push_str(" ON CONFLICT DO NOTHING"),
+        WriteMode::Upsert | WriteMode::UpsertIfNewer => {
+            let key_list = keys.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ");
+            let sets: Vec<String> = cols
+                .iter()
+                .filter(|c| !keys.iter().any(|k| k == c.name))
+                .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c.name)))
+                .collect();
+            if sets.is_empty() {
+                sql.push_str(&format!(" ON CONFLICT ({key_list}) DO NOTHING"));
+            } else {
+                sql.push_str(&format!(" ON CONFLICT ({key_list}) DO UPDATE SET {}", sets.join(", ")));
+                if mode == WriteMode::UpsertIfNewer && cols.iter().any(|c| c.name == "timeinstant") {
+                    sql.push_str(
+                        " WHERE EXCLUDED.\"timeinstant\" >= cur.\"timeinstant\" OR cur.\"timeinstant\" IS NULL",
+                    );
+                }
+            }
+        }
+    }
+    sql.push_str(" RETURNING 1");
+    sql
+}
+
+/// Whether a stored row equals the given values in every listed column (`IS NOT DISTINCT
+/// FROM`; json columns compared as jsonb since json has no equality). One `text` parameter per
+/// column. Used to recognise an identical historic replay.
+pub fn identical_row_exists(table: &TableRef, cols: &[Col<'_>]) -> String {
+    let conds: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let n = i + 1;
+            if c.sql_type == "json" {
+                format!("{}::jsonb IS NOT DISTINCT FROM ${n}::text::jsonb", quote_ident(c.name))
+            } else {
+                format!("{} IS NOT DISTINCT FROM ${n}::text::{}", quote_ident(c.name), c.sql_type)
+            }
+        })
+        .collect();
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM {} WHERE {})",
+        table.quoted(),
+        conds.join(" AND ")
+    )
+}
+
+/// Deletes entities by id: one `text[]` parameter; returns one row per deleted row.
+pub fn delete_statement(table: &TableRef) -> String {
+    format!(
+        "DELETE FROM {} WHERE \"entityid\" = ANY($1::text[]) RETURNING 1",
+        table.quoted()
+    )
+}
+
+/// Creates the tenant's schema and error log table when missing (DESIGN §3).
+pub fn create_error_log(table: &TableRef) -> String {
+    format!(
+        "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {} (\"timestamp\" timestamptz NOT NULL, error text NOT NULL, query text)",
+        quote_ident(&table.schema),
+        table.quoted()
+    )
+}
+
+/// Inserts error log rows: parameters `timestamptz[]`, `text[]`, `text[]`.
+pub fn insert_error_log(table: &TableRef) -> String {
+    format!(
+        "INSERT INTO {} (\"timestamp\", error, query) SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[])",
+        table.quoted()
+    )
+}
+
+/// A value as it appears in a readable statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Literal {
+    /// `NULL`
+    Null,
+    /// Written as is (numbers, booleans).
+    Bare(String),
+    /// Single-quoted with `'` doubled.
+    Quoted(String),
+}
+
+/// Renders the readable statement stored in the error log's `query` column:
+/// `INSERT INTO "schema"."table" ("a","b") VALUES ('x', 1.5, NULL)`. Not executed: it shows an
+/// operator what was attempted, with the real table and values.
+pub fn readable_insert(table: &TableRef, columns: &[(&str, Literal)]) -> String {
+    let names: Vec<String> = columns.iter().map(|(n, _)| quote_ident(n)).collect();
+    let values: Vec<String> = columns
+        .iter()
+        .map(|(_, v)| match v {
+            Literal::Null => "NULL".to_string(),
+            Literal::Bare(s) => s.clone(),
+            Literal::Quoted(s) => format!("'{}'", s.replace('\'', "''")),
+        })
+        .collect();
+    format!(
+        "INSERT INTO {} ({}) VALUES ({})",
+        table.quoted(),
+        names.join(","),
+        values.join(", ")
+    )
+}
+
+/// Readable form of a delete of one entity.
+pub fn readable_delete(table: &TableRef, entity_id: &str) -> String {
+    format!(
+        "DELETE FROM {} WHERE \"entityid\" = '{}'",
+        table.quoted(),
+        entity_id.replace('\'', "''")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t() -> TableRef {
+        TableRef { schema: "acme".into(), table: "p_t_lastdata".into() }
+    }
+
+    const COLS: [Col<'static>; 3] = [
+        Col { name: "entityid", sql_type: "text" },
+        Col { name: "timeinstant", sql_type: "timestamp with time zone" },
+        Col { name: "temp", sql_type: "numeric(10,2)" },
+    ];
+
+    #[test]
+    fn golden_statements() {
+        assert_eq!(
+            write_statement(&t(), &COLS, WriteMode::Insert, &[], false),
+            "INSERT INTO \"acme\".\"p_t_lastdata\" AS cur (\"entityid\", \"timeinstant\", \"temp\") SELECT u.c1::text, u.c2::timestamp with time zone, u.c3::numeric(10,2) FROM unnest($1::text[], $2::text[], $3::text[]) AS u(c1, c2, c3) ON CONFLICT DO NOTHING RETURNING 1"
+        );
+        assert_eq!(
+            write_statement(&t(), &COLS, WriteMode::UpsertIfNewer, &["entityid".into()], false),
+            "INSERT INTO \"acme\".\"p_t_lastdata\" AS cur (\"entityid\", \"timeinstant\", \"temp\") SELECT u.c1::text, u.c2::timestamp with time zone, u.c3::numeric(10,2) FROM unnest($1::text[], $2::text[], $3::text[]) AS u(c1, c2, c3) ON CONFLICT (\"entityid\") DO UPDATE SET \"timeinstant\" = EXCLUDED.\"timeinstant\", \"temp\" = EXCLUDED.\"temp\" WHERE EXCLUDED.\"timeinstant\" >= cur.\"timeinstant\" OR cur.\"timeinstant\" IS NULL RETURNING 1"
+        );
+        let no_ti = [COLS[0].clone(), COLS[2].clone()];
+        assert!(!write_statement(&t(), &no_ti, WriteMode::UpsertIfNewer, &["entityid".into()], false).contains("WHERE"));
+        assert!(write_statement(&t(), &COLS, WriteMode::Upsert, &["entityid".into(), "timeinstant".into()], false)
+            .ends_with("ON CONFLICT (\"entityid\", \"timeinstant\") DO UPDATE SET \"temp\" = EXCLUDED.\"temp\" RETURNING 1"));
+        assert!(!write_statement(&t(), &COLS, WriteMode::Insert, &[], true).contains("CONFLICT"));
+    }
+
+    #[test]
+    fn readable_statements_escape() {
+        let s = readable_insert(&t(), &[("a", Literal::Quoted("it's".into())), ("b", Literal::Bare("1.5".into())), ("c", Literal::Null)]);
+        assert_eq!(s, "INSERT INTO \"acme\".\"p_t_lastdata\" (\"a\",\"b\",\"c\") VALUES ('it''s', 1.5, NULL)");
+        let weird = TableRef { schema: "a\"b".into(), table: "t".into() };
+        assert_eq!(readable_delete(&weird, "x'y"), "DELETE FROM \"a\"\"b\".\"t\" WHERE \"entityid\" = 'x''y'");
+    }
+
+    #[test]
+    fn replay_check_compares_json_as_jsonb() {
+        let cols = [Col { name: "j", sql_type: "json" }, Col { name: "g", sql_type: "geometry(Point,4326)" }];
+        assert_eq!(
+            identical_row_exists(&t(), &cols),
+            "SELECT EXISTS (SELECT 1 FROM \"acme\".\"p_t_lastdata\" WHERE \"j\"::jsonb IS NOT DISTINCT FROM $1::text::jsonb AND \"g\" IS NOT DISTINCT FROM $2::text::geometry(Point,4326))"
+        );
+    }
+}

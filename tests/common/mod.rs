@@ -1,0 +1,296 @@
+//! Test harness: a real tansu broker process, a fresh PostGIS database per test, the real
+//! `ngsiflow` binary as a child process, and a producer. Every process is killed on drop.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tokio_postgres::{Client, NoTls};
+
+pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The tansu binary: `NGSIFLOW_TANSU_BIN`, else the cache `scripts/install-deps.sh` fills.
+pub fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("NGSIFLOW_TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let cache = std::env::var("NGSIFLOW_CACHE_DIR").unwrap_or_else(|_| format!("{home}/.cache/ngsiflow"));
+    let p = PathBuf::from(cache).join("tansu-0.6.0/bin/tansu");
+    assert!(p.exists(), "tansu not found at {} (run scripts/install-deps.sh)", p.display());
+    p
+}
+
+/// A tansu broker with in-memory storage on a free port.
+pub struct Broker {
+    child: Child,
+    pub addr: String,
+}
+
+impl Broker {
+    pub fn start() -> Self {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{addr}");
+        let child = Command::new(tansu_bin())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker { child, addr }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh database with PostGIS and the sample tables.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub client: Client,
+}
+
+pub async fn connect(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    tokio::spawn(conn);
+    client
+}
+
+impl TestDb {
+    pub async fn create(name: &str) -> Self {
+        let admin = connect(PG_ADMIN_URL).await;
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.unwrap();
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        let client = connect(&url).await;
+        let ddl = std::fs::read_to_string(repo().join("scripts/sample-tables.sql")).unwrap();
+        client.batch_execute(&ddl).await.unwrap();
+        TestDb { name: name.into(), url, client }
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        self.client
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(-1)
+    }
+
+    /// Polls `sql` (a single bigint/bool-returning query) until `ok` or timeout.
+    pub async fn wait_count(&self, table: &str, want: i64, timeout: Duration) -> i64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = self.count(table).await;
+            if n == want || Instant::now() > deadline {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn error_rows(&self, service: &str) -> Vec<(String, String)> {
+        self.client
+            .query(&format!("SELECT error, coalesce(query, '') FROM {service}.{service}_error_log ORDER BY \"timestamp\""), &[])
+            .await
+            .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            .unwrap_or_default()
+    }
+
+    pub async fn wait_error_rows(&self, service: &str, want: usize, timeout: Duration) -> Vec<(String, String)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let rows = self.error_rows(service).await;
+            if rows.len() >= want || Instant::now() > deadline {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The real worker binary as a child process.
+pub struct Worker {
+    pub child: Option<Child>,
+    pub admin: String,
+    pub log: PathBuf,
+}
+
+impl Worker {
+    pub fn start(broker: &str, pg_url: &str, group: &str, extra: &[&str]) -> Self {
+        let port = free_port();
+        let admin = format!("127.0.0.1:{port}");
+        let log = std::env::temp_dir().join(format!("ngsiflow-{group}-{port}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ngsiflow"))
+            .arg("run")
+            .args(["--brokers", broker, "--pg-url", pg_url, "--group", group, "--admin-addr", &admin])
+            .args(["--flows-dir", repo().join("flows").to_str().unwrap(), "--linger-ms", "50", "--kafka-stats-ms", "500"])
+            .args(extra)
+            .env("NGSIFLOW_LOG_LEVEL", "debug")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("start worker");
+        Worker { child: Some(child), admin, log }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").args([sig, &c.id().to_string()]).status();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        self.signal("-TERM");
+        let mut child = self.child.take()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("worker did not stop within 30 s after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL (a crash).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http(&self.admin, "GET", path, &[], "").await
+    }
+
+    /// Waits until `/ready` answers 200.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, body) = self.get("/ready").await;
+            if status == 200 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "worker not ready: {status} {body}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Minimal HTTP/1.1 client for the admin server (one request per connection).
+pub async fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// A producer sending one record per batch (see shared NOTES on tansu).
+pub struct TestProducer {
+    producer: FutureProducer,
+}
+
+impl TestProducer {
+    pub fn new(broker: &str) -> Self {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", broker)
+            .set("batch.num.messages", "1")
+            .set("linger.ms", "0")
+            .set("acks", "all")
+            .create()
+            .unwrap();
+        TestProducer { producer }
+    }
+
+    pub async fn send(&self, topic: &str, headers: &[(&str, &str)], value: &str) {
+        self.send_to(topic, None, headers, value).await
+    }
+
+    pub async fn send_to(&self, topic: &str, partition: Option<i32>, headers: &[(&str, &str)], value: &str) {
+        let mut h = OwnedHeaders::new();
+        for (k, v) in headers {
+            h = h.insert(Header { key: k, value: Some(*v) });
+        }
+        let mut r: FutureRecord<'_, (), str> = FutureRecord::to(topic).payload(value).headers(h);
+        if let Some(p) = partition {
+            r = r.partition(p);
+        }
+        self.producer.send(r, Duration::from_secs(30)).await.map_err(|(e, _)| e).expect("produce");
+    }
+
+    pub fn flush(&self) {
+        self.producer.flush(Duration::from_secs(10)).unwrap();
+    }
+}
+
+/// Creates topics with `partitions` partitions.
+pub async fn create_topics(broker: &str, topics: &[&str], partitions: i32) {
+    let c = ngsiflow::kafka::client_config(broker, &[]);
+    let names: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+    ngsiflow::kafka::ensure_topics(&c, &names, partitions).await.unwrap();
+}
+
+/// A notification with one entity per `(id, type, timeinstant, attrs)` tuple.
+pub fn notification(entities: &[serde_json::Value]) -> String {
+    serde_json::json!({"subscriptionId": "test", "data": entities}).to_string()
+}
+
+pub fn headers<'a>(service: &'a str, servicepath: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![("Fiware-Service", service), ("Fiware-Servicepath", servicepath)]
+}
