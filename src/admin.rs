@@ -63,7 +63,11 @@ pub struct AdminState {
 ///
 /// # Errors
 /// The bind error.
-pub async fn serve(addr: SocketAddr, state: Arc<AdminState>, cancel: CancellationToken) -> std::io::Result<SocketAddr> {
+pub async fn serve(
+    addr: SocketAddr,
+    state: Arc<AdminState>,
+    cancel: CancellationToken,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     *state.addr.lock().expect("admin lock") = Some(local);
@@ -99,7 +103,8 @@ type Resp = Response<Full<Bytes>>;
 fn json_response(status: StatusCode, body: serde_json::Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
@@ -110,8 +115,12 @@ fn empty(status: StatusCode) -> Resp {
 }
 
 fn method_not_allowed(allow: &'static str) -> Resp {
-    let mut r = json_response(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "MethodNotAllowed"}));
-    r.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    let mut r = json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        json!({"error": "MethodNotAllowed"}),
+    );
+    r.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
     r
 }
 
@@ -120,7 +129,11 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Resp {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let route = ROUTES.iter().find(|r| **r == path).copied().unwrap_or("__other__");
+    let route = ROUTES
+        .iter()
+        .find(|r| **r == path)
+        .copied()
+        .unwrap_or("__other__");
     let resp = route_request(state, req, route).await;
     let m = &state.metrics;
     m.admin_requests
@@ -138,7 +151,10 @@ async fn route_request(state: &AdminState, req: Request<Incoming>, route: &str) 
         ("/metrics", &Method::GET) => metrics(state, &req),
         ("/health", &Method::GET) => json_response(StatusCode::OK, health(state)),
         ("/ready", &Method::GET) => ready(state).await,
-        ("/logLevel", &Method::GET) => json_response(StatusCode::OK, json!({"level": state.log.level().to_uppercase()})),
+        ("/logLevel", &Method::GET) => json_response(
+            StatusCode::OK,
+            json!({"level": state.log.level().to_uppercase()}),
+        ),
         ("/logLevel", &Method::POST) => set_level(state, req).await,
         ("/logLevel", _) => method_not_allowed("GET, POST"),
         ("/config", &Method::GET) => json_response(StatusCode::OK, state.config.masked_json()),
@@ -155,7 +171,12 @@ pub fn accepts_text(accept: Option<&str>) -> bool {
         return true;
     }
     accept.split(',').any(|part| {
-        let media = part.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let media = part
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         matches!(media.as_str(), "*/*" | "text/*" | "text/plain")
     })
 }
@@ -169,14 +190,21 @@ fn metrics(state: &AdminState, req: &Request<Incoming>) -> Resp {
         );
     }
     let mut r = Response::new(Full::new(Bytes::from(state.metrics.render())));
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_CONTENT_TYPE));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(PROMETHEUS_CONTENT_TYPE),
+    );
     r
 }
 
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
         .map_or(0, |pages| pages * 4096)
 }
 
@@ -187,16 +215,27 @@ pub fn health(state: &AdminState) -> serde_json::Value {
     let total: u64 = flows.iter().map(|f| f.total_events).sum();
     let success: u64 = flows.iter().map(|f| f.success_events).sum();
     let errors: u64 = flows.iter().map(|f| f.error_events).sum();
-    let rate = if total == 0 { 1.0 } else { round6(success as f64 / total as f64) };
+    let rate = if total == 0 {
+        1.0
+    } else {
+        round6(success as f64 / total as f64)
+    };
     let active_flows = flows.iter().filter(|f| f.total_events > 0).count();
     let by_flow: Vec<serde_json::Value> = flows
         .iter()
         .map(|f| {
-            let status = state.flows.iter().find(|(n, _)| n == &f.flow).map(|(_, s)| s.clone());
+            let status = state
+                .flows
+                .iter()
+                .find(|(n, _)| n == &f.flow)
+                .map(|(_, s)| s.clone());
             let mut v = serde_json::to_value(f).unwrap_or_default();
             if let (Some(obj), Some(s)) = (v.as_object_mut(), status) {
                 obj.insert("partitionsAssigned".into(), s.assigned().into());
-                obj.insert("paused".into(), s.paused.load(std::sync::atomic::Ordering::Relaxed).into());
+                obj.insert(
+                    "paused".into(),
+                    s.paused.load(std::sync::atomic::Ordering::Relaxed).into(),
+                );
             }
             v
         })
@@ -245,7 +284,10 @@ async fn ready(state: &AdminState) -> Resp {
     if reasons.is_empty() {
         json_response(StatusCode::OK, json!({"status": "READY"}))
     } else {
-        json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "NOT_READY", "reasons": reasons}))
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "NOT_READY", "reasons": reasons}),
+        )
     }
 }
 
@@ -259,14 +301,22 @@ async fn set_level(state: &AdminState, req: Request<Incoming>) -> Resp {
     } else {
         match serde_json::from_slice(&body) {
             Ok(v) => v,
-            Err(_) => return json_response(StatusCode::BAD_REQUEST, json!({"error": "Invalid JSON"})),
+            Err(_) => {
+                return json_response(StatusCode::BAD_REQUEST, json!({"error": "Invalid JSON"}))
+            }
         }
     };
     let Some(level) = v.get("level").and_then(|l| l.as_str()) else {
-        return json_response(StatusCode::BAD_REQUEST, json!({"error": "Missing \"level\" field"}));
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "Missing \"level\" field"}),
+        );
     };
     match state.log.set_level(level) {
-        Ok(l) => json_response(StatusCode::OK, json!({"ok": true, "level": l.to_uppercase()})),
+        Ok(l) => json_response(
+            StatusCode::OK,
+            json!({"ok": true, "level": l.to_uppercase()}),
+        ),
         Err(e) => json_response(StatusCode::BAD_REQUEST, json!({"error": e})),
     }
 }
@@ -283,7 +333,10 @@ mod tests {
             (Some("*/*"), true),
             (Some("text/plain"), true),
             (Some("text/plain;version=0.0.4;q=0.9,*/*;q=0.1"), true),
-            (Some("application/openmetrics-text; version=1.0.0, text/plain;q=0.5"), true),
+            (
+                Some("application/openmetrics-text; version=1.0.0, text/plain;q=0.5"),
+                true,
+            ),
             (Some("application/json"), false),
             (Some("application/openmetrics-text"), false),
         ] {

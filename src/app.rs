@@ -69,7 +69,9 @@ impl LogControl for ReloadLog {
     fn set_level(&self, level: &str) -> Result<String, String> {
         let l = level.trim().to_lowercase();
         if !["error", "warn", "info", "debug", "trace"].contains(&l.as_str()) {
-            return Err(format!("unknown level {level:?}: use error, warn, info, debug or trace"));
+            return Err(format!(
+                "unknown level {level:?}: use error, warn, info, debug or trace"
+            ));
         }
         self.handle
             .reload(EnvFilter::new(filter_directive(&l)))
@@ -97,7 +99,11 @@ pub fn filter_directive(level: &str) -> String {
 /// # Errors
 /// [`AppError`] when a Kafka client cannot be created, the admin address cannot be bound or a
 /// flow cannot subscribe.
-pub async fn run(config: Config, log: Arc<dyn LogControl>, cancel: CancellationToken) -> Result<(), AppError> {
+pub async fn run(
+    config: Config,
+    log: Arc<dyn LogControl>,
+    cancel: CancellationToken,
+) -> Result<(), AppError> {
     let config = Arc::new(config);
     let args = &config.args;
     let names: Vec<String> = config.flows.iter().map(|f| f.name.clone()).collect();
@@ -127,8 +133,11 @@ pub async fn run(config: Config, log: Arc<dyn LogControl>, cancel: CancellationT
         for (k, v) in &args.kafka_config {
             c.set(k, v);
         }
-        let consumer: StreamConsumer<FlowContext> =
-            c.create_with_context(FlowContext::new(&spec.name, metrics.clone(), status.clone()))?;
+        let consumer: StreamConsumer<FlowContext> = c.create_with_context(FlowContext::new(
+            &spec.name,
+            metrics.clone(),
+            status.clone(),
+        ))?;
         processors.push(FlowProcessor {
             spec: spec.clone(),
             consumer,

@@ -15,7 +15,11 @@ use crate::route::Datamodel;
 
 /// `ngsiflow` command line.
 #[derive(Debug, Parser)]
-#[command(name = "ngsiflow", version, about = "FIWARE NGSIv2 notifications from Kafka into PostgreSQL/PostGIS")]
+#[command(
+    name = "ngsiflow",
+    version,
+    about = "FIWARE NGSIv2 notifications from Kafka into PostgreSQL/PostGIS"
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -38,7 +42,11 @@ pub struct RunArgs {
     #[arg(long, env = "NGSIFLOW_BROKERS", default_value = "127.0.0.1:9092")]
     pub brokers: String,
     /// PostgreSQL connection (URL `postgres://user:pass@host:port/db` or `key=value` form).
-    #[arg(long, env = "NGSIFLOW_PG_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    #[arg(
+        long,
+        env = "NGSIFLOW_PG_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
     pub pg_url: String,
     /// Prefix of every topic name (input topics and the dead-letter topic), e.g. `smc_`.
     #[arg(long, env = "NGSIFLOW_TOPIC_PREFIX", default_value = "")]
@@ -89,7 +97,8 @@ pub struct RunArgs {
 }
 
 fn parse_datamodel(s: &str) -> Result<Datamodel, String> {
-    s.parse().map_err(|e: crate::route::RouteError| e.to_string())
+    s.parse()
+        .map_err(|e: crate::route::RouteError| e.to_string())
 }
 
 fn parse_level(s: &str) -> Result<String, String> {
@@ -97,8 +106,11 @@ fn parse_level(s: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::try_new(&s)
         .map(|_| s.clone())
         .map_err(|e| format!("invalid log level {s:?}: {e}"))?;
-    if !s.contains('=') && !["error", "warn", "info", "debug", "trace", "off"].contains(&s.as_str()) {
-        return Err(format!("invalid log level {s:?}: use error, warn, info, debug or trace"));
+    if !s.contains('=') && !["error", "warn", "info", "debug", "trace", "off"].contains(&s.as_str())
+    {
+        return Err(format!(
+            "invalid log level {s:?}: use error, warn, info, debug or trace"
+        ));
     }
     Ok(s)
 }
@@ -124,7 +136,9 @@ pub enum ConfigError {
     #[error("invalid configuration: --flows: unknown flow {0:?}")]
     UnknownFlow(String),
     /// No flow is enabled.
-    #[error("invalid configuration: no flow is enabled (check `enabled` in the flow files and --flows)")]
+    #[error(
+        "invalid configuration: no flow is enabled (check `enabled` in the flow files and --flows)"
+    )]
     NoFlows,
 }
 
@@ -179,7 +193,11 @@ impl Config {
                 .kafka_config
                 .iter()
                 .map(|(k, v)| {
-                    let v = if is_secret_key(k) { MASK.to_string() } else { mask_url(v) };
+                    let v = if is_secret_key(k) {
+                        MASK.to_string()
+                    } else {
+                        mask_url(v)
+                    };
                     (k.clone(), v.into())
                 })
                 .collect();
@@ -200,9 +218,18 @@ pub const MASK: &str = "***redacted***";
 /// True for keys that hold secrets (password, secret, token, key material, SASL settings).
 pub fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    ["password", "passwd", "secret", "token", "sasl", "private", ".key", "credential"]
-        .iter()
-        .any(|s| k.contains(s))
+    [
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "sasl",
+        "private",
+        ".key",
+        "credential",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
 }
 
 /// Masks the password of a URL (`postgres://u:p@h/db` → `postgres://u:***redacted***@h/db`) and
@@ -211,7 +238,9 @@ pub fn mask_url(s: &str) -> String {
     let mut out = s.to_string();
     if let Some(scheme_end) = out.find("://") {
         let rest_start = scheme_end + 3;
-        let authority_end = out[rest_start..].find(['/', '?']).map_or(out.len(), |i| rest_start + i);
+        let authority_end = out[rest_start..]
+            .find(['/', '?'])
+            .map_or(out.len(), |i| rest_start + i);
         if let Some(at) = out[rest_start..authority_end].rfind('@') {
             let userinfo = &out[rest_start..rest_start + at];
             if let Some(colon) = userinfo.find(':') {
@@ -225,7 +254,11 @@ pub fn mask_url(s: &str) -> String {
         let _ = i;
         match part.split_once('=') {
             Some((k, v)) if is_secret_key(k.trim_start_matches(['?', '&'])) => {
-                let tail = if v.ends_with([' ', '&', '?']) { &v[v.len() - 1..] } else { "" };
+                let tail = if v.ends_with([' ', '&', '?']) {
+                    &v[v.len() - 1..]
+                } else {
+                    ""
+                };
                 masked.push_str(k);
                 masked.push('=');
                 masked.push_str(MASK);
@@ -244,10 +277,19 @@ mod tests {
     #[test]
     fn masks_secrets() {
         let cases = [
-            ("postgres://ngsi:s3cret@db:5432/tests", "postgres://ngsi:***redacted***@db:5432/tests"),
+            (
+                "postgres://ngsi:s3cret@db:5432/tests",
+                "postgres://ngsi:***redacted***@db:5432/tests",
+            ),
             ("postgres://ngsi@db/tests", "postgres://ngsi@db/tests"),
-            ("host=db user=u password=s3cret dbname=x", "host=db user=u password=***redacted*** dbname=x"),
-            ("postgres://db/x?user=u&password=s3cret&sslmode=off", "postgres://db/x?user=u&password=***redacted***&sslmode=off"),
+            (
+                "host=db user=u password=s3cret dbname=x",
+                "host=db user=u password=***redacted*** dbname=x",
+            ),
+            (
+                "postgres://db/x?user=u&password=s3cret&sslmode=off",
+                "postgres://db/x?user=u&password=***redacted***&sslmode=off",
+            ),
             ("127.0.0.1:9092", "127.0.0.1:9092"),
         ];
         for (input, want) in cases {

@@ -18,7 +18,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => {
             let level = args.log_level.clone();
-            let (filter, handle) = reload::Layer::new(EnvFilter::new(app::filter_directive(&level)));
+            let (filter, handle) =
+                reload::Layer::new(EnvFilter::new(app::filter_directive(&level)));
             tracing_subscriber::registry()
                 .with(filter)
                 .with(tracing_subscriber::fmt::layer().with_target(false))
@@ -41,7 +42,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Produce(args) => {
-            tracing_subscriber::fmt().with_env_filter(EnvFilter::new("warn")).init();
+            tracing_subscriber::fmt()
+                .with_env_filter(EnvFilter::new("warn"))
+                .init();
             match runtime.block_on(ngsiflow::produce::run(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

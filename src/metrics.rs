@@ -10,11 +10,18 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, GaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Outcomes of a record, the `outcome` label of `ngsiflow_records_total`.
-pub const OUTCOMES: [&str; 5] = ["written", "stale_ignored", "deleted", "duplicate_replayed", "error_logged"];
+pub const OUTCOMES: [&str; 5] = [
+    "written",
+    "stale_ignored",
+    "deleted",
+    "duplicate_replayed",
+    "error_logged",
+];
 
 /// Label value for tenants beyond the cap.
 pub const OTHER_TENANT: &str = "other";
@@ -80,7 +87,10 @@ pub struct Metrics {
 }
 
 fn buckets_100us_to_10s() -> Vec<f64> {
-    vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+    vec![
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
+    ]
 }
 
 impl Metrics {
@@ -94,25 +104,37 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let igauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("unique metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
             g
         };
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
-            registry.register(Box::new(h.clone())).expect("unique metric");
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+                .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
             h
         };
         let processing_time_last = GaugeVec::new(
-            Opts::new("message_processing_time_seconds", "Processing time of the last message of the flow, in seconds."),
+            Opts::new(
+                "message_processing_time_seconds",
+                "Processing time of the last message of the flow, in seconds.",
+            ),
             &["flow"],
         )
         .expect("valid metric");
-        registry.register(Box::new(processing_time_last.clone())).expect("unique metric");
+        registry
+            .register(Box::new(processing_time_last.clone()))
+            .expect("unique metric");
         let m = Self {
             messages_processed: counter("messages_processed_total", "Input messages fully handled (written, error-logged or dead-lettered).", &["flow"]),
             processing_time_last,
@@ -132,13 +154,19 @@ impl Metrics {
             tenants: Mutex::new(HashSet::new()),
             max_tenants,
             summary: Mutex::new(BTreeMap::new()),
-            registry,
+            registry: registry.clone(),
         };
-        let build = igauge("ngsiflow_build_info", "Build information; the value is always 1.", &["version"]);
+        let build = igauge(
+            "ngsiflow_build_info",
+            "Build information; the value is always 1.",
+            &["version"],
+        );
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         #[cfg(target_os = "linux")]
         m.registry
-            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
             .expect("unique metric");
         for f in flows {
             m.messages_processed.with_label_values(&[f]);
@@ -176,7 +204,9 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         let families = self.registry.gather();
-        TextEncoder::new().encode(&families, &mut buf).expect("text encoding to memory");
+        TextEncoder::new()
+            .encode(&families, &mut buf)
+            .expect("text encoding to memory");
         String::from_utf8(buf).expect("utf-8 exposition")
     }
 
@@ -199,13 +229,26 @@ impl Metrics {
     }
 
     /// Records one fully handled input message.
-    pub fn message_done(&self, flow: &str, service: &str, ok: bool, seconds: f64, at: DateTime<Utc>) {
+    pub fn message_done(
+        &self,
+        flow: &str,
+        service: &str,
+        ok: bool,
+        seconds: f64,
+        at: DateTime<Utc>,
+    ) {
         let tenant = self.tenant_label(service);
         let result = if ok { "success" } else { "error" };
         self.messages_processed.with_label_values(&[flow]).inc();
-        self.by_service.with_label_values(&[flow, &tenant, result]).inc();
-        self.processing_time_last.with_label_values(&[flow]).set(seconds);
-        self.processing_duration.with_label_values(&[flow]).observe(seconds);
+        self.by_service
+            .with_label_values(&[flow, &tenant, result])
+            .inc();
+        self.processing_time_last
+            .with_label_values(&[flow])
+            .set(seconds);
+        self.processing_duration
+            .with_label_values(&[flow])
+            .observe(seconds);
         let mut s = self.summary.lock().expect("metrics lock");
         let e = s.entry(flow.to_string()).or_insert_with(|| FlowSummary {
             flow: flow.to_string(),
@@ -232,7 +275,12 @@ impl Metrics {
 
     /// Per-flow summaries, sorted by flow name.
     pub fn summaries(&self) -> Vec<FlowSummary> {
-        self.summary.lock().expect("metrics lock").values().cloned().collect()
+        self.summary
+            .lock()
+            .expect("metrics lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Number of distinct tenants seen (capped).
@@ -270,7 +318,10 @@ mod tests {
             assert!(text.contains(name), "missing {name}\n{text}");
         }
         let s = &m.summaries()[0];
-        assert_eq!((s.total_events, s.success_events, s.error_events), (3, 2, 1));
+        assert_eq!(
+            (s.total_events, s.success_events, s.error_events),
+            (3, 2, 1)
+        );
         assert_eq!(s.avg_duration_seconds, 0.02);
     }
 }

@@ -99,7 +99,8 @@ pub enum ProduceError {
 pub fn sample(i: u64, entities: u64, delete_allowed: bool) -> Value {
     let entities = entities.max(1);
     let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-    let ts = (t0 + chrono::Duration::milliseconds(i as i64)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let ts = (t0 + chrono::Duration::milliseconds(i as i64))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let n = (i / 4) % entities;
     let kind = i % 4;
     let f = (i % 1000) as f64;
@@ -151,11 +152,16 @@ pub fn sample(i: u64, entities: u64, delete_allowed: bool) -> Value {
 
 fn entity_key(value: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(value).ok()?;
-    v.get("data")?.get(0)?.get("id")?.as_str().map(str::to_string)
+    v.get("data")?
+        .get(0)?
+        .get("id")?
+        .as_str()
+        .map(str::to_string)
 }
 
 fn read_file(path: &PathBuf) -> Result<Vec<Vec<u8>>, ProduceError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ProduceError::Input(format!("{}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ProduceError::Input(format!("{}: {e}", path.display())))?;
     if let Ok(v) = serde_json::from_str::<Value>(&text) {
         return Ok(match v {
             Value::Array(items) => items.iter().map(|i| i.to_string().into_bytes()).collect(),
@@ -200,16 +206,27 @@ pub async fn run(args: ProduceArgs) -> Result<(), ProduceError> {
         eprintln!("warning: could not create topics ({e}); assuming they exist");
     }
     let mut c = base.clone();
-    c.set("acks", "all").set("linger.ms", "5").set("queue.buffering.max.messages", "500000");
+    c.set("acks", "all")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "500000");
     for (k, v) in &args.kafka_config {
         c.set(k, v);
     }
     let producer: FutureProducer = c.create()?;
     let mut headers = OwnedHeaders::new()
-        .insert(Header { key: "Fiware-Service", value: Some(args.service.as_str()) })
-        .insert(Header { key: "Fiware-Servicepath", value: Some(args.servicepath.as_str()) });
+        .insert(Header {
+            key: "Fiware-Service",
+            value: Some(args.service.as_str()),
+        })
+        .insert(Header {
+            key: "Fiware-Servicepath",
+            value: Some(args.servicepath.as_str()),
+        });
     if let Some(dm) = &args.datamodel {
-        headers = headers.insert(Header { key: "fiware-datamodel", value: Some(dm.as_str()) });
+        headers = headers.insert(Header {
+            key: "fiware-datamodel",
+            value: Some(dm.as_str()),
+        });
     }
     let started = Instant::now();
     let mut last_report = Instant::now();
@@ -225,14 +242,18 @@ pub async fn run(args: ProduceArgs) -> Result<(), ProduceError> {
         for (topic, lastdata) in &topics {
             let value = match &file {
                 Some(f) if !f.is_empty() => f[(i as usize) % f.len()].clone(),
-                Some(_) => return Err(ProduceError::Input("the file holds no notification".into())),
+                Some(_) => {
+                    return Err(ProduceError::Input("the file holds no notification".into()))
+                }
                 None => sample(i, args.entities, *lastdata).to_string().into_bytes(),
             };
             // Keyed by the first entity id, so one entity's notifications keep their order
             // within a partition (Orion itself sends null keys).
             let key = entity_key(&value);
             loop {
-                let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(&value).headers(headers.clone());
+                let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+                    .payload(value.as_slice())
+                    .headers(headers.clone());
                 if let Some(k) = &key {
                     record = record.key(k.as_bytes());
                 }
@@ -299,18 +320,34 @@ mod tests {
     use crate::ngsi::decode;
 
     fn flows() -> Vec<FlowSpec> {
-        load_flows(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flows"), "", "g").unwrap()
+        load_flows(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flows"),
+            "",
+            "g",
+        )
+        .unwrap()
     }
 
     #[test]
     fn samples_transform_cleanly_for_every_flow() {
         let opts = TransformOptions::default();
-        for spec in flows().iter().filter(|f| f.kind == crate::flow::FlowKind::Ngsi) {
+        for spec in flows()
+            .iter()
+            .filter(|f| f.kind == crate::flow::FlowKind::Ngsi)
+        {
             for i in 0..16 {
                 let v = sample(i, 4, spec.name == "lastdata").to_string();
-                let n = decode(Some(v.as_bytes()), &[("fiware-service", b"demo"), ("fiware-servicepath", b"/city")]).unwrap();
+                let n = decode(
+                    Some(v.as_bytes()),
+                    &[
+                        ("fiware-service", b"demo"),
+                        ("fiware-servicepath", b"/city"),
+                    ],
+                )
+                .unwrap();
                 for r in transform(spec, &n, Utc::now(), &opts) {
-                    let op = r.unwrap_or_else(|e| panic!("{} sample {i}: {}", spec.name, e.message));
+                    let op =
+                        r.unwrap_or_else(|e| panic!("{} sample {i}: {}", spec.name, e.message));
                     assert!(op.target.table.starts_with("city_"), "{}", op.target);
                 }
             }

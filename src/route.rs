@@ -104,7 +104,13 @@ pub fn sanitize(input: &str) -> String {
     s = s.strip_suffix('/').unwrap_or(s);
     s.to_lowercase()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -196,35 +202,105 @@ mod tests {
 
     #[test]
     fn worked_examples_from_reference() {
-        let t = |s: &str, tb: &str| Ok(TableRef { schema: s.into(), table: tb.into() });
+        let t = |s: &str, tb: &str| {
+            Ok(TableRef {
+                schema: s.into(),
+                table: tb.into(),
+            })
+        };
         let cases = [
-            (("acme", "/parking/north", "ParkingSpot", "_lastdata", ByEntityTypeDatabase), t("acme", "parking_north_parkingspot_lastdata")),
-            (("acme", "/parking/north", "ParkingSpot", "", ByEntityTypeDatabase), t("acme", "parking_north_parkingspot")),
-            (("acme", "/parking/north", "ParkingSpot", "_mutable", ByEntityTypeDatabaseSchema), t("parking_north", "parking_north_parkingspot_mutable")),
-            (("acme", "/parking/north", "ParkingSpot", "_lastdata", ByFixedEntityTypeDatabaseSchema), t("parking_north", "parkingspot_lastdata")),
-            (("acme", "/", "Meter", "", ByEntityTypeDatabase), t("acme", "_meter")),
-            (("acme", "/", "Meter", "", ByEntityTypeDatabaseSchema), Err(RouteError::EmptyServicepath)),
-            (("acme", "/", "Meter", "", ByFixedEntityTypeDatabaseSchema), Err(RouteError::EmptyServicepath)),
-            (("Acme-City", "/p", "T", "", ByEntityTypeDatabase), t("acme_city", "p_t")),
-            (("acme", "/p", "  ", "", ByEntityTypeDatabase), Err(RouteError::EmptyEntityType)),
+            (
+                (
+                    "acme",
+                    "/parking/north",
+                    "ParkingSpot",
+                    "_lastdata",
+                    ByEntityTypeDatabase,
+                ),
+                t("acme", "parking_north_parkingspot_lastdata"),
+            ),
+            (
+                (
+                    "acme",
+                    "/parking/north",
+                    "ParkingSpot",
+                    "",
+                    ByEntityTypeDatabase,
+                ),
+                t("acme", "parking_north_parkingspot"),
+            ),
+            (
+                (
+                    "acme",
+                    "/parking/north",
+                    "ParkingSpot",
+                    "_mutable",
+                    ByEntityTypeDatabaseSchema,
+                ),
+                t("parking_north", "parking_north_parkingspot_mutable"),
+            ),
+            (
+                (
+                    "acme",
+                    "/parking/north",
+                    "ParkingSpot",
+                    "_lastdata",
+                    ByFixedEntityTypeDatabaseSchema,
+                ),
+                t("parking_north", "parkingspot_lastdata"),
+            ),
+            (
+                ("acme", "/", "Meter", "", ByEntityTypeDatabase),
+                t("acme", "_meter"),
+            ),
+            (
+                ("acme", "/", "Meter", "", ByEntityTypeDatabaseSchema),
+                Err(RouteError::EmptyServicepath),
+            ),
+            (
+                ("acme", "/", "Meter", "", ByFixedEntityTypeDatabaseSchema),
+                Err(RouteError::EmptyServicepath),
+            ),
+            (
+                ("Acme-City", "/p", "T", "", ByEntityTypeDatabase),
+                t("acme_city", "p_t"),
+            ),
+            (
+                ("acme", "/p", "  ", "", ByEntityTypeDatabase),
+                Err(RouteError::EmptyEntityType),
+            ),
         ];
         for ((svc, sp, ty, suf, dm), want) in cases {
-            assert_eq!(route(svc, sp, ty, suf, dm), want, "{svc} {sp} {ty} {suf} {dm}");
+            assert_eq!(
+                route(svc, sp, ty, suf, dm),
+                want,
+                "{svc} {sp} {ty} {suf} {dm}"
+            );
         }
     }
 
     #[test]
     fn long_identifiers_are_rejected() {
         let long = "x".repeat(60);
-        assert!(matches!(route("acme", "/p", &long, "_lastdata", ByEntityTypeDatabase), Err(RouteError::IdentifierTooLong(_))));
+        assert!(matches!(
+            route("acme", "/p", &long, "_lastdata", ByEntityTypeDatabase),
+            Err(RouteError::IdentifierTooLong(_))
+        ));
         assert!(route("acme", "/", &"y".repeat(62), "", ByEntityTypeDatabase).is_ok());
         assert!(error_log_table(&"s".repeat(60)).is_err());
-        assert_eq!(error_log_table("Acme").unwrap().quoted(), "\"acme\".\"acme_error_log\"");
+        assert_eq!(
+            error_log_table("Acme").unwrap().quoted(),
+            "\"acme\".\"acme_error_log\""
+        );
     }
 
     #[test]
     fn datamodel_names() {
-        for dm in [ByEntityTypeDatabase, ByEntityTypeDatabaseSchema, ByFixedEntityTypeDatabaseSchema] {
+        for dm in [
+            ByEntityTypeDatabase,
+            ByEntityTypeDatabaseSchema,
+            ByFixedEntityTypeDatabaseSchema,
+        ] {
             assert_eq!(dm.as_str().parse::<Datamodel>(), Ok(dm));
         }
         assert!("dm-postgis-errors".parse::<Datamodel>().is_err());

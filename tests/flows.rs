@@ -1,4 +1,5 @@
 //! End-to-end flow semantics against a real tansu broker, real PostGIS and the real worker.
+#![allow(clippy::type_complexity)]
 
 mod common;
 
@@ -34,7 +35,12 @@ async fn samples_land_in_every_flow_with_every_type_and_geometry() {
         // Sensor:0 is deleted last; Sensor:1..3 were deleted before being (re)created.
         ("demo.city_sensor_lastdata", 3),
     ] {
-        assert_eq!(db.wait_count(table, want, T).await, want, "{table}\n{}", worker.logs());
+        assert_eq!(
+            db.wait_count(table, want, T).await,
+            want,
+            "{table}\n{}",
+            worker.logs()
+        );
     }
     // Every value type read back exactly.
     let r = db
@@ -50,13 +56,28 @@ async fn samples_land_in_every_flow_with_every_type_and_geometry() {
         .unwrap();
     assert_eq!(r.get::<_, f64>(0), 20.9);
     assert_eq!(r.get::<_, i32>(1), 4);
-    assert_eq!(r.get::<_, i64>(2), 9007199254740993, "bigint kept exact beyond 2^53");
-    assert_eq!(r.get::<_, String>(3), "12345678901234.123456", "numeric kept exact");
+    assert_eq!(
+        r.get::<_, i64>(2),
+        9007199254740993,
+        "bigint kept exact beyond 2^53"
+    );
+    assert_eq!(
+        r.get::<_, String>(3),
+        "12345678901234.123456",
+        "numeric kept exact"
+    );
     assert!(r.get::<_, bool>(4));
     assert_eq!(r.get::<_, String>(5), "sensor 1 it's");
-    assert_eq!(r.get::<_, String>(6), r#"{"mode": "auto", "thresholds": [1, 2.5]}"#);
+    assert_eq!(
+        r.get::<_, String>(6),
+        r#"{"mode": "auto", "thresholds": [1, 2.5]}"#
+    );
     assert_eq!(r.get::<_, String>(7), r#"["a","b"]"#);
-    assert_eq!(r.get::<_, String>(8), "2026-01-01 08:00:00.123456", "timestamp gets the UTC wall clock");
+    assert_eq!(
+        r.get::<_, String>(8),
+        "2026-01-01 08:00:00.123456",
+        "timestamp gets the UTC wall clock"
+    );
     assert_eq!(r.get::<_, String>(9), "2026-01-01");
     assert_eq!(r.get::<_, String>(10), "POINT(-3.701 40.411)");
     assert_eq!(r.get::<_, i32>(11), 4326);
@@ -73,14 +94,24 @@ async fn samples_land_in_every_flow_with_every_type_and_geometry() {
         )
         .await
         .unwrap();
-    assert_eq!(z.get::<_, String>(0), "LINESTRING(-1.7038 1.4168,-1.7028 1.4178)");
-    assert_eq!(z.get::<_, String>(1), "POLYGON((-1.704 1.4168,-1.703 1.4175,-1.702 1.4162,-1.704 1.4168))");
+    assert_eq!(
+        z.get::<_, String>(0),
+        "LINESTRING(-1.7038 1.4168,-1.7028 1.4178)"
+    );
+    assert_eq!(
+        z.get::<_, String>(1),
+        "POLYGON((-1.704 1.4168,-1.703 1.4175,-1.702 1.4162,-1.704 1.4168))"
+    );
     assert_eq!(z.get::<_, String>(2), "POLYGON((-2 1,-1 1,-1 2,-2 2,-2 1))");
     assert_eq!(
         z.get::<_, String>(3),
         "MULTIPOLYGON(((-1.704 1.4168,-1.703 1.4175,-1.702 1.4162,-1.704 1.4168)),((-1.714 1.4268,-1.713 1.4275,-1.712 1.4262,-1.714 1.4268)))"
     );
-    assert_eq!(z.get::<_, String>(4), "LINESTRING(-1.7038 1.4168,-1.7028 1.4178)", "Feature unwrapped");
+    assert_eq!(
+        z.get::<_, String>(4),
+        "LINESTRING(-1.7038 1.4168,-1.7028 1.4178)",
+        "Feature unwrapped"
+    );
     assert_eq!(z.get::<_, i32>(5), 5 * 4326);
     // The partial update (-0.0, name null) merged into lastdata without touching other columns.
     let l = db
@@ -92,7 +123,10 @@ async fn samples_land_in_every_flow_with_every_type_and_geometry() {
     assert!(l.get::<_, bool>(1));
     assert_eq!(l.get::<_, i32>(2), 8);
     assert_eq!(l.get::<_, String>(3), "12345678901234.123456");
-    assert!(db.error_rows("demo").await.is_empty(), "no errors for samples");
+    assert!(
+        db.error_rows("demo").await.is_empty(),
+        "no errors for samples"
+    );
     assert_eq!(worker.stop(), Some(0), "SIGTERM exits 0");
 }
 
@@ -105,16 +139,30 @@ async fn lastdata_freshness_partial_update_and_delete() {
     let h = headers("demo", "/city");
     let send = |e: serde_json::Value| notification(&[e]);
     let msgs = [
-        send(json!({"id": "E1", "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:10Z"), "temperature": {"type": "Number", "value": 1}, "name": {"type": "Text", "value": "first"}})),
-        send(json!({"id": "E1", "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:05Z"), "temperature": {"type": "Number", "value": 2}})),
-        send(json!({"id": "E1", "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:10Z"), "temperature": {"type": "Number", "value": 3}})),
-        send(json!({"id": "E1", "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:11Z"), "count": {"type": "Integer", "value": 7}})),
+        send(
+            json!({"id": "E1", "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:10Z"), "temperature": {"type": "Number", "value": 1}, "name": {"type": "Text", "value": "first"}}),
+        ),
+        send(
+            json!({"id": "E1", "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:05Z"), "temperature": {"type": "Number", "value": 2}}),
+        ),
+        send(
+            json!({"id": "E1", "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:10Z"), "temperature": {"type": "Number", "value": 3}}),
+        ),
+        send(
+            json!({"id": "E1", "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:11Z"), "count": {"type": "Integer", "value": 7}}),
+        ),
         send(json!({"id": "E2", "type": "Sensor", "temperature": {"type": "Number", "value": 9}})),
         send(json!({"id": "E3", "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:01Z")})),
-        send(json!({"id": "E3", "type": "Sensor", "alterationType": {"type": "Text", "value": "entityDelete"}})),
+        send(
+            json!({"id": "E3", "type": "Sensor", "alterationType": {"type": "Text", "value": "entityDelete"}}),
+        ),
         send(json!({"id": "E4", "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:01Z")})),
-        send(json!({"id": "E4", "type": "Sensor", "alterationType": {"type": "Text", "value": "entityDelete"}})),
-        send(json!({"id": "E4", "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:02Z"), "name": {"type": "Text", "value": "back"}})),
+        send(
+            json!({"id": "E4", "type": "Sensor", "alterationType": {"type": "Text", "value": "entityDelete"}}),
+        ),
+        send(
+            json!({"id": "E4", "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:02Z"), "name": {"type": "Text", "value": "back"}}),
+        ),
     ];
     for m in &msgs {
         p.send("raw_lastdata", &h, m).await;
@@ -128,16 +176,36 @@ async fn lastdata_freshness_partial_update_and_delete() {
         .query("SELECT entityid, temperature, name, count, timeinstant::text FROM demo.city_sensor_lastdata ORDER BY entityid", &[])
         .await
         .unwrap();
-    let got: Vec<(String, Option<f64>, Option<String>, Option<i32>, Option<String>)> =
-        rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect();
+    let got: Vec<(
+        String,
+        Option<f64>,
+        Option<String>,
+        Option<i32>,
+        Option<String>,
+    )> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
     assert_eq!(
         got,
         vec![
             // older update ignored, equal timestamp overwrote, partial update kept temperature and name
-            ("E1".into(), Some(3.0), Some("first".into()), Some(7), Some("2026-01-01 00:00:11+00".into())),
+            (
+                "E1".into(),
+                Some(3.0),
+                Some("first".into()),
+                Some(7),
+                Some("2026-01-01 00:00:11+00".into())
+            ),
             ("E2".into(), Some(9.0), None, None, None),
             // deleted, then re-created by a later update
-            ("E4".into(), None, Some("back".into()), None, Some("2026-01-01 00:00:02+00".into())),
+            (
+                "E4".into(),
+                None,
+                Some("back".into()),
+                None,
+                Some("2026-01-01 00:00:02+00".into())
+            ),
         ]
     );
     assert!(db.error_rows("demo").await.is_empty());
@@ -150,23 +218,55 @@ async fn historic_and_mutable_keys() {
     create_topics(&broker.addr, &["raw_historic", "raw_mutable"], 1).await;
     let p = TestProducer::new(&broker.addr);
     let h = headers("demo", "/city");
-    let a = notification(&[json!({"id": "E1", "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:01Z"), "temperature": {"type": "Number", "value": 1}})]);
-    let a_changed = notification(&[json!({"id": "E1", "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:01Z"), "temperature": {"type": "Number", "value": 2}})]);
-    let b = notification(&[json!({"id": "E1", "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:02Z"), "temperature": {"type": "Number", "value": 5}})]);
+    let a = notification(&[
+        json!({"id": "E1", "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:01Z"), "temperature": {"type": "Number", "value": 1}}),
+    ]);
+    let a_changed = notification(&[
+        json!({"id": "E1", "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:01Z"), "temperature": {"type": "Number", "value": 2}}),
+    ]);
+    let b = notification(&[
+        json!({"id": "E1", "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:02Z"), "temperature": {"type": "Number", "value": 5}}),
+    ]);
     for topic in ["raw_historic", "raw_mutable"] {
         for m in [&a, &a, &b, &a_changed] {
             p.send(topic, &h, m).await;
         }
     }
-    let worker = Worker::start(&broker.addr, &db.url, "keys", &["--flows", "historic,mutable"]);
+    let worker = Worker::start(
+        &broker.addr,
+        &db.url,
+        "keys",
+        &["--flows", "historic,mutable"],
+    );
     // historic: identical replay is a no-op, a different record with the same key is an error
     assert_eq!(db.wait_count("demo.city_sensor", 2, T).await, 2);
     let errors = db.wait_error_rows("demo", 1, T).await;
     assert_eq!(errors.len(), 1, "{errors:?}\n{}", worker.logs());
-    assert!(errors[0].0.starts_with("ERROR: duplicate key value violates unique constraint"), "{errors:?}");
-    assert!(errors[0].0.contains("Detail: Key (timeinstant, entityid)"), "{errors:?}");
-    assert!(errors[0].1.starts_with("INSERT INTO \"demo\".\"city_sensor\""), "{errors:?}");
-    let t: f64 = db.client.query_one("SELECT temperature FROM demo.city_sensor WHERE timeinstant = '2026-01-01T00:00:01Z'", &[]).await.unwrap().get(0);
+    assert!(
+        errors[0]
+            .0
+            .starts_with("ERROR: duplicate key value violates unique constraint"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[0].0.contains("Detail: Key (timeinstant, entityid)"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[0]
+            .1
+            .starts_with("INSERT INTO \"demo\".\"city_sensor\""),
+        "{errors:?}"
+    );
+    let t: f64 = db
+        .client
+        .query_one(
+            "SELECT temperature FROM demo.city_sensor WHERE timeinstant = '2026-01-01T00:00:01Z'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(t, 1.0);
     // mutable: the same key is overwritten by the last arrival
     assert_eq!(db.wait_count("demo.city_sensor_mutable", 2, T).await, 2);
@@ -180,14 +280,22 @@ async fn each_bad_input_class_is_logged_and_the_next_message_lands() {
     let broker = Broker::start();
     let db = TestDb::create("ngsiflow_t_bad").await;
     create_topics(&broker.addr, &["raw_historic"], 1).await;
-    db.client.batch_execute("ALTER TABLE demo.city_sensor ADD CONSTRAINT positive CHECK (count >= 0)").await.unwrap();
+    db.client
+        .batch_execute("ALTER TABLE demo.city_sensor ADD CONSTRAINT positive CHECK (count >= 0)")
+        .await
+        .unwrap();
     let worker = Worker::start(&broker.addr, &db.url, "bad", &["--flows", "historic"]);
     worker.wait_ready(T).await;
     let p = TestProducer::new(&broker.addr);
     let h = headers("demo", "/city");
-    let ok = |i: u32| notification(&[json!({"id": format!("OK{i}"), "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:00Z")})]);
+    let ok = |i: u32| {
+        notification(&[
+            json!({"id": format!("OK{i}"), "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:00Z")}),
+        ])
+    };
     let e = |extra: serde_json::Value| {
-        let mut ent = json!({"id": "BAD", "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:00Z")});
+        let mut ent =
+            json!({"id": "BAD", "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:00Z")});
         for (k, v) in extra.as_object().unwrap() {
             ent[k] = v.clone();
         }
@@ -195,40 +303,123 @@ async fn each_bad_input_class_is_logged_and_the_next_message_lands() {
     };
     let long_type = "T".repeat(70);
     let cases: Vec<(&str, String, &str)> = vec![
-        ("invalid json", "{not json".into(), "invalid JSON in notification"),
-        ("no data", json!({"subscriptionId": "x"}).to_string(), "notification has no data array"),
-        ("no id", notification(&[json!({"type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:00Z")})]), "entity has no id"),
-        ("no TimeInstant", notification(&[json!({"id": "X", "type": "Sensor"})]), "missing TimeInstant attribute required by flow historic"),
-        ("unknown table", notification(&[json!({"id": "X", "type": "Nope", "TimeInstant": ti("2026-01-01T00:00:00Z")})]), "table \"demo\".\"city_nope\" does not exist"),
-        ("unknown column", e(json!({"humidity": {"type": "Number", "value": 1}})), "has no column \"humidity\""),
-        ("type mismatch", e(json!({"count": {"type": "Text", "value": "many"}})), "column \"count\" is of type integer"),
-        ("constraint", e(json!({"count": {"type": "Integer", "value": -1}})), "violates check constraint \"positive\""),
-        ("numeric overflow", e(json!({"price": {"type": "Number", "value": 1e30}})), "numeric field overflow"),
-        ("malformed geometry", e(json!({"location": {"type": "geo:point", "value": "abc"}})), "invalid geo:point value"),
-        ("wrong geometry type", e(json!({"location": {"type": "geo:json", "value": {"type": "LineString", "coordinates": [[0, 0], [1, 1]]}}})), "Geometry type (LineString) does not match column type (Point)"),
-        ("long identifier", notification(&[json!({"id": "X", "type": long_type, "TimeInstant": ti("2026-01-01T00:00:00Z")})]), "is longer than 63 bytes"),
+        (
+            "invalid json",
+            "{not json".into(),
+            "invalid JSON in notification",
+        ),
+        (
+            "no data",
+            json!({"subscriptionId": "x"}).to_string(),
+            "notification has no data array",
+        ),
+        (
+            "no id",
+            notification(&[json!({"type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:00Z")})]),
+            "entity has no id",
+        ),
+        (
+            "no TimeInstant",
+            notification(&[json!({"id": "X", "type": "Sensor"})]),
+            "missing TimeInstant attribute required by flow historic",
+        ),
+        (
+            "unknown table",
+            notification(&[
+                json!({"id": "X", "type": "Nope", "TimeInstant": ti("2026-01-01T00:00:00Z")}),
+            ]),
+            "table \"demo\".\"city_nope\" does not exist",
+        ),
+        (
+            "unknown column",
+            e(json!({"humidity": {"type": "Number", "value": 1}})),
+            "has no column \"humidity\"",
+        ),
+        (
+            "type mismatch",
+            e(json!({"count": {"type": "Text", "value": "many"}})),
+            "column \"count\" is of type integer",
+        ),
+        (
+            "constraint",
+            e(json!({"count": {"type": "Integer", "value": -1}})),
+            "violates check constraint \"positive\"",
+        ),
+        (
+            "numeric overflow",
+            e(json!({"price": {"type": "Number", "value": 1e30}})),
+            "numeric field overflow",
+        ),
+        (
+            "malformed geometry",
+            e(json!({"location": {"type": "geo:point", "value": "abc"}})),
+            "invalid geo:point value",
+        ),
+        (
+            "wrong geometry type",
+            e(
+                json!({"location": {"type": "geo:json", "value": {"type": "LineString", "coordinates": [[0, 0], [1, 1]]}}}),
+            ),
+            "Geometry type (LineString) does not match column type (Point)",
+        ),
+        (
+            "long identifier",
+            notification(&[
+                json!({"id": "X", "type": long_type, "TimeInstant": ti("2026-01-01T00:00:00Z")}),
+            ]),
+            "is longer than 63 bytes",
+        ),
     ];
     for (i, (name, value, want)) in cases.iter().enumerate() {
         p.send("raw_historic", &h, value).await;
         p.send("raw_historic", &h, &ok(i as u32)).await;
         let rows = db.wait_error_rows("demo", i + 1, T).await;
         assert_eq!(rows.len(), i + 1, "{name}: {rows:?}\n{}", worker.logs());
-        assert!(rows[i].0.contains(want), "{name}: error {:?} should contain {want:?}", rows[i].0);
-        assert_eq!(db.wait_count("demo.city_sensor", i as i64 + 1, T).await, i as i64 + 1, "{name}: the next message landed");
+        assert!(
+            rows[i].0.contains(want),
+            "{name}: error {:?} should contain {want:?}",
+            rows[i].0
+        );
+        assert_eq!(
+            db.wait_count("demo.city_sensor", i as i64 + 1, T).await,
+            i as i64 + 1,
+            "{name}: the next message landed"
+        );
     }
     // Readable statements name the real table and values.
     let rows = db.error_rows("demo").await;
-    assert!(rows[6].1.starts_with("INSERT INTO \"demo\".\"city_sensor\""), "{:?}", rows[6]);
+    assert!(
+        rows[6]
+            .1
+            .starts_with("INSERT INTO \"demo\".\"city_sensor\""),
+        "{:?}",
+        rows[6]
+    );
     assert!(rows[6].1.contains("'many'"), "{:?}", rows[6]);
-    assert!(rows[4].1.starts_with("INSERT INTO \"demo\".\"city_nope\""), "{:?}", rows[4]);
+    assert!(
+        rows[4].1.starts_with("INSERT INTO \"demo\".\"city_nope\""),
+        "{:?}",
+        rows[4]
+    );
     // Dead-letter copies of every failed record, with headers saying flow, error and offset.
     let letters = consume_all(&broker.addr, "ngsiflow_dead_letter", cases.len()).await;
     assert_eq!(letters.len(), cases.len());
     for (l, (name, _, want)) in letters.iter().zip(&cases) {
-        assert_eq!(l.get("ngsiflow.flow").map(String::as_str), Some("historic"), "{name}");
-        assert!(l.get("ngsiflow.error").unwrap().contains(want), "{name}: {l:?}");
+        assert_eq!(
+            l.get("ngsiflow.flow").map(String::as_str),
+            Some("historic"),
+            "{name}"
+        );
+        assert!(
+            l.get("ngsiflow.error").unwrap().contains(want),
+            "{name}: {l:?}"
+        );
         assert!(l.contains_key("ngsiflow.source.offset"), "{name}");
-        assert_eq!(l.get("Fiware-Service").map(String::as_str), Some("demo"), "{name}: original headers kept");
+        assert_eq!(
+            l.get("Fiware-Service").map(String::as_str),
+            Some("demo"),
+            "{name}: original headers kept"
+        );
     }
 }
 
@@ -240,8 +431,16 @@ async fn a_bad_row_inside_a_batch_of_good_ones() {
     let p = TestProducer::new(&broker.addr);
     let h = headers("demo", "/city");
     for i in 0..20 {
-        let count = if i == 7 { json!({"type": "Number", "value": 1.5}) } else { json!({"type": "Integer", "value": i}) };
-        let v = if i == 13 { json!({"type": "Number", "value": 99999999999u64}) } else { count };
+        let count = if i == 7 {
+            json!({"type": "Number", "value": 1.5})
+        } else {
+            json!({"type": "Integer", "value": i})
+        };
+        let v = if i == 13 {
+            json!({"type": "Number", "value": 99999999999u64})
+        } else {
+            count
+        };
         p.send(
             "raw_mutable",
             &h,
@@ -251,11 +450,24 @@ async fn a_bad_row_inside_a_batch_of_good_ones() {
     }
     // Queued before the worker starts: all twenty land in one window and one group.
     let worker = Worker::start(&broker.addr, &db.url, "batch", &["--flows", "mutable"]);
-    assert_eq!(db.wait_count("demo.city_sensor_mutable", 18, T).await, 18, "{}", worker.logs());
+    assert_eq!(
+        db.wait_count("demo.city_sensor_mutable", 18, T).await,
+        18,
+        "{}",
+        worker.logs()
+    );
     let errors = db.wait_error_rows("demo", 2, T).await;
     assert_eq!(errors.len(), 2, "{errors:?}");
-    assert!(errors.iter().any(|e| e.0.contains("1.5 is not an integer")), "{errors:?}");
-    assert!(errors.iter().any(|e| e.0.contains("99999999999 is out of range")), "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.0.contains("1.5 is not an integer")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.0.contains("99999999999 is out of range")),
+        "{errors:?}"
+    );
     let missing: Vec<String> = db
         .client
         .query("SELECT 'E' || g FROM generate_series(0, 19) g EXCEPT SELECT entityid FROM demo.city_sensor_mutable", &[])
@@ -282,9 +494,14 @@ async fn routing_by_datamodel_header_and_root_servicepath() {
         .unwrap();
     create_topics(&broker.addr, &["raw_lastdata"], 1).await;
     let p = TestProducer::new(&broker.addr);
-    let e = notification(&[json!({"id": "R1", "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:00Z")})]);
+    let e = notification(&[
+        json!({"id": "R1", "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:00Z")}),
+    ]);
     let mut fixed = headers("demo", "/city");
-    fixed.push(("fiware-datamodel", "dm-by-fixed-entity-type-database-schema"));
+    fixed.push((
+        "fiware-datamodel",
+        "dm-by-fixed-entity-type-database-schema",
+    ));
     p.send("raw_lastdata", &fixed, &e).await;
     p.send("raw_lastdata", &headers("demo", "/"), &e).await;
     let mut bad = headers("demo", "/");
@@ -293,15 +510,27 @@ async fn routing_by_datamodel_header_and_root_servicepath() {
     let _w = Worker::start(&broker.addr, &db.url, "route", &["--flows", "lastdata"]);
     assert_eq!(db.wait_count("city.sensor_lastdata", 1, T).await, 1);
     assert_eq!(db.wait_count("demo._sensor_lastdata", 1, T).await, 1);
-    let sp: String = db.client.query_one("SELECT fiwareservicepath FROM demo._sensor_lastdata", &[]).await.unwrap().get(0);
+    let sp: String = db
+        .client
+        .query_one("SELECT fiwareservicepath FROM demo._sensor_lastdata", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(sp, "/");
     let errors = db.wait_error_rows("demo", 1, T).await;
     assert_eq!(errors.len(), 1);
-    assert_eq!(errors[0].0, "Required header missing or empty: fiware-servicepath");
+    assert_eq!(
+        errors[0].0,
+        "Required header missing or empty: fiware-servicepath"
+    );
 }
 
 /// Reads `want` records (or what arrives within 20 s) from the start of `topic`: headers as a map.
-async fn consume_all(broker: &str, topic: &str, want: usize) -> Vec<std::collections::HashMap<String, String>> {
+async fn consume_all(
+    broker: &str,
+    topic: &str,
+    want: usize,
+) -> Vec<std::collections::HashMap<String, String>> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::{Headers, Message};
     let c: StreamConsumer = rdkafka::config::ClientConfig::new()
@@ -319,13 +548,19 @@ async fn consume_all(broker: &str, topic: &str, want: usize) -> Vec<std::collect
             let mut map = std::collections::HashMap::new();
             if let Some(h) = m.headers() {
                 for h in h.iter() {
-                    map.insert(h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).to_string());
+                    map.insert(
+                        h.key.to_string(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).to_string(),
+                    );
                 }
             }
             out.push(map);
         }
     }
-    let mut out = out;
-    out.sort_by_key(|m| m.get("ngsiflow.source.offset").and_then(|o| o.parse::<i64>().ok()).unwrap_or(0));
+    out.sort_by_key(|m| {
+        m.get("ngsiflow.source.offset")
+            .and_then(|o| o.parse::<i64>().ok())
+            .unwrap_or(0)
+    });
     out
 }

@@ -148,36 +148,68 @@ impl FlowFile {
     /// # Errors
     /// [`FlowConfigError::Invalid`] naming the key for a bad name, a missing write mode, empty
     /// key columns for an upsert, or `entity_delete = "delete"` without `entityid` as key.
-    pub fn resolve(self, path: &str, topic_prefix: &str, group_base: &str) -> Result<FlowSpec, FlowConfigError> {
+    pub fn resolve(
+        self,
+        path: &str,
+        topic_prefix: &str,
+        group_base: &str,
+    ) -> Result<FlowSpec, FlowConfigError> {
         let invalid = |key: &'static str, message: String| FlowConfigError::Invalid {
             path: path.to_string(),
             key,
             message,
         };
-        if self.name.is_empty() || !self.name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_') {
-            return Err(invalid("name", format!("{:?} must match [a-z0-9_]+", self.name)));
+        if self.name.is_empty()
+            || !self
+                .name
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+        {
+            return Err(invalid(
+                "name",
+                format!("{:?} must match [a-z0-9_]+", self.name),
+            ));
         }
         let write_mode = match (self.kind, self.write_mode) {
             (_, Some(m)) => m,
             (FlowKind::ConnectErrors, None) => WriteMode::Insert,
-            (FlowKind::Ngsi, None) => return Err(invalid("write_mode", "is required (insert, upsert or upsert_if_newer)".into())),
+            (FlowKind::Ngsi, None) => {
+                return Err(invalid(
+                    "write_mode",
+                    "is required (insert, upsert or upsert_if_newer)".into(),
+                ))
+            }
         };
         let key_columns: Vec<String> = self.key_columns.iter().map(|k| k.to_lowercase()).collect();
         if write_mode != WriteMode::Insert && key_columns.is_empty() {
-            return Err(invalid("key_columns", format!("must name the conflict target of write_mode {write_mode:?}")));
+            return Err(invalid(
+                "key_columns",
+                format!("must name the conflict target of write_mode {write_mode:?}"),
+            ));
         }
-        if write_mode == WriteMode::UpsertIfNewer && key_columns.iter().any(|k| k == "timeinstant") {
-            return Err(invalid("key_columns", "upsert_if_newer compares timeinstant, it cannot be part of the key".into()));
+        if write_mode == WriteMode::UpsertIfNewer && key_columns.iter().any(|k| k == "timeinstant")
+        {
+            return Err(invalid(
+                "key_columns",
+                "upsert_if_newer compares timeinstant, it cannot be part of the key".into(),
+            ));
         }
-        if self.entity_delete == EntityDeleteMode::Delete && !key_columns.iter().any(|k| k == "entityid") {
-            return Err(invalid("entity_delete", "delete needs entityid among key_columns".into()));
+        if self.entity_delete == EntityDeleteMode::Delete
+            && !key_columns.iter().any(|k| k == "entityid")
+        {
+            return Err(invalid(
+                "entity_delete",
+                "delete needs entityid among key_columns".into(),
+            ));
         }
         let topic = self.topic.unwrap_or_else(|| format!("raw_{}", self.name));
         if topic.is_empty() {
             return Err(invalid("topic", "must not be empty".into()));
         }
         Ok(FlowSpec {
-            group: self.group.unwrap_or_else(|| format!("{group_base}-{}", self.name)),
+            group: self
+                .group
+                .unwrap_or_else(|| format!("{group_base}-{}", self.name)),
             topic: format!("{topic_prefix}{topic}"),
             name: self.name,
             enabled: self.enabled,
@@ -196,7 +228,11 @@ impl FlowFile {
 /// # Errors
 /// [`FlowConfigError`] for an unreadable directory or file, a parse error, an invalid value, or
 /// two files declaring the same flow name.
-pub fn load_flows(dir: &Path, topic_prefix: &str, group_base: &str) -> Result<Vec<FlowSpec>, FlowConfigError> {
+pub fn load_flows(
+    dir: &Path,
+    topic_prefix: &str,
+    group_base: &str,
+) -> Result<Vec<FlowSpec>, FlowConfigError> {
     let io = |path: &Path, source| FlowConfigError::Io {
         path: path.display().to_string(),
         source,
@@ -270,7 +306,8 @@ mod tests {
         let f = parse("name = \"historic\"\nwrite_mode = \"insert\"").unwrap();
         assert_eq!(f.topic, "smc_raw_historic");
         assert_eq!(f.group, "ngsiflow-historic");
-        let f = parse("name = \"x\"\nwrite_mode = \"insert\"\ntopic = \"in\"\ngroup = \"g\"").unwrap();
+        let f =
+            parse("name = \"x\"\nwrite_mode = \"insert\"\ntopic = \"in\"\ngroup = \"g\"").unwrap();
         assert_eq!((f.topic.as_str(), f.group.as_str()), ("smc_in", "g"));
     }
 

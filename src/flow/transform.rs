@@ -55,7 +55,10 @@ pub struct RowOp {
 impl RowOp {
     /// The value of a column, if present.
     pub fn get(&self, column: &str) -> Option<&CellValue> {
-        self.columns.iter().find(|(c, _)| c == column).map(|(_, v)| v)
+        self.columns
+            .iter()
+            .find(|(c, _)| c == column)
+            .map(|(_, v)| v)
     }
 }
 
@@ -74,7 +77,13 @@ pub struct RecordError {
 }
 
 const SKIPPED: [&str; 3] = ["id", "type", "alterationtype"];
-const STANDARD: [&str; 5] = ["entityid", "entitytype", "fiwareservicepath", "timeinstant", "recvtime"];
+const STANDARD: [&str; 5] = [
+    "entityid",
+    "entitytype",
+    "fiwareservicepath",
+    "timeinstant",
+    "recvtime",
+];
 
 /// Turns a notification into one result per entity, in order.
 ///
@@ -108,11 +117,13 @@ fn record(
     opts: &TransformOptions,
 ) -> Result<RowOp, RecordError> {
     let mut columns: Vec<(String, CellValue)> = Vec::with_capacity(entity.attributes.len() + 5);
-    let fail = |target: Option<TableRef>, columns: Vec<(String, CellValue)>, message: String| RecordError {
-        entity_index: Some(index),
-        target,
-        columns,
-        message,
+    let fail = |target: Option<TableRef>, columns: Vec<(String, CellValue)>, message: String| {
+        RecordError {
+            entity_index: Some(index),
+            target,
+            columns,
+            message,
+        }
     };
     if let Some(id) = &entity.id {
         columns.push(("entityid".into(), CellValue::Text(id.clone())));
@@ -120,13 +131,24 @@ fn record(
     if let Some(ty) = &entity.entity_type {
         columns.push(("entitytype".into(), CellValue::Text(ty.clone())));
     }
-    columns.push(("fiwareservicepath".into(), CellValue::Text(n.headers.servicepath.clone())));
+    columns.push((
+        "fiwareservicepath".into(),
+        CellValue::Text(n.headers.servicepath.clone()),
+    ));
     let Some(entity_type) = &entity.entity_type else {
         return Err(fail(None, columns, "entity has no type".into()));
     };
     let target = datamodel
         .clone()
-        .and_then(|dm| route::route(&n.headers.service, &n.headers.servicepath, entity_type, &spec.table_suffix, dm))
+        .and_then(|dm| {
+            route::route(
+                &n.headers.service,
+                &n.headers.servicepath,
+                entity_type,
+                &spec.table_suffix,
+                dm,
+            )
+        })
         .map_err(|e| fail(None, columns.clone(), e.to_string()))?;
     if entity.id.is_none() {
         return Err(fail(Some(target), columns, "entity has no id".into()));
@@ -149,7 +171,10 @@ fn record(
                     return Err(fail(
                         Some(target),
                         columns,
-                        format!("invalid TimeInstant {}: expected an ISO 8601 date-time string", attr.value),
+                        format!(
+                            "invalid TimeInstant {}: expected an ISO 8601 date-time string",
+                            attr.value
+                        ),
                     ))
                 }
             }
@@ -158,7 +183,10 @@ fn record(
             return Err(fail(
                 Some(target),
                 columns,
-                format!("missing TimeInstant attribute required by flow {}", spec.name),
+                format!(
+                    "missing TimeInstant attribute required by flow {}",
+                    spec.name
+                ),
             ))
         }
         None => {}
@@ -171,7 +199,10 @@ fn record(
             continue;
         }
         if name == "recvtime" {
-            errors.push(format!("attribute {:?} collides with the recvtime column", attr.name));
+            errors.push(format!(
+                "attribute {:?} collides with the recvtime column",
+                attr.name
+            ));
             continue;
         }
         if let Err(e) = check_identifier(&name) {
@@ -204,7 +235,11 @@ fn record(
     })
 }
 
-fn attr_value(ngsi_type: Option<&str>, value: &serde_json::Value, srid: i32) -> Result<CellValue, String> {
+fn attr_value(
+    ngsi_type: Option<&str>,
+    value: &serde_json::Value,
+    srid: i32,
+) -> Result<CellValue, String> {
     if value.is_null() {
         return Ok(CellValue::Null);
     }
@@ -240,7 +275,11 @@ pub struct ConnectError {
 /// `__connect.errors.topic` header minus the topic prefix, cut before `_historic`, `_lastdata`,
 /// `_mutable` or `_http`; without that header, the schema of the first `INSERT INTO "x"` in the
 /// message; else the record's `fiware-service` header; else `default`.
-pub fn connect_error(headers: &[(&str, &[u8])], value: Option<&[u8]>, topic_prefix: &str) -> ConnectError {
+pub fn connect_error(
+    headers: &[(&str, &[u8])],
+    value: Option<&[u8]>,
+    topic_prefix: &str,
+) -> ConnectError {
     let get = |name: &str| {
         headers
             .iter()
@@ -295,7 +334,11 @@ mod tests {
         Utc.with_ymd_and_hms(2026, 3, 1, 8, 15, 2).unwrap()
     }
 
-    fn run(flow: &str, headers: &[(&str, &str)], body: serde_json::Value) -> Vec<Result<RowOp, RecordError>> {
+    fn run(
+        flow: &str,
+        headers: &[(&str, &str)],
+        body: serde_json::Value,
+    ) -> Vec<Result<RowOp, RecordError>> {
         let h: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
         let n = decode(Some(body.to_string().as_bytes()), &h).unwrap();
         transform(&spec(flow), &n, now(), &TransformOptions::default())
@@ -314,19 +357,45 @@ mod tests {
 
     #[test]
     fn columns_and_routing_per_flow() {
-        let headers = [("Fiware-Service", "acme"), ("Fiware-Servicepath", "/Parking/North")];
+        let headers = [
+            ("Fiware-Service", "acme"),
+            ("Fiware-Servicepath", "/Parking/North"),
+        ];
         for (flow, table) in [
             ("historic", "parking_north_parkingspot"),
             ("lastdata", "parking_north_parkingspot_lastdata"),
             ("mutable", "parking_north_parkingspot_mutable"),
         ] {
             let op = run(flow, &headers, sample()).remove(0).unwrap();
-            assert_eq!(op.target, TableRef { schema: "acme".into(), table: table.into() });
+            assert_eq!(
+                op.target,
+                TableRef {
+                    schema: "acme".into(),
+                    table: table.into()
+                }
+            );
             let names: Vec<_> = op.columns.iter().map(|(c, _)| c.as_str()).collect();
-            assert_eq!(names, ["entityid", "entitytype", "fiwareservicepath", "timeinstant", "recvtime", "status", "occupancy", "location"]);
-            assert_eq!(op.get("fiwareservicepath"), Some(&CellValue::Text("/parking/north".into())));
+            assert_eq!(
+                names,
+                [
+                    "entityid",
+                    "entitytype",
+                    "fiwareservicepath",
+                    "timeinstant",
+                    "recvtime",
+                    "status",
+                    "occupancy",
+                    "location"
+                ]
+            );
+            assert_eq!(
+                op.get("fiwareservicepath"),
+                Some(&CellValue::Text("/parking/north".into()))
+            );
             assert_eq!(op.get("recvtime"), Some(&CellValue::Instant(now())));
-            let CellValue::Attr(loc) = op.get("location").unwrap() else { panic!() };
+            let CellValue::Attr(loc) = op.get("location").unwrap() else {
+                panic!()
+            };
             assert!(loc.ewkb.is_some());
             assert_eq!(op.kind, OpKind::Write);
         }
@@ -334,20 +403,43 @@ mod tests {
 
     #[test]
     fn datamodel_header_overrides() {
-        let op = run("mutable", &[("fiware-service", "acme"), ("fiware-servicepath", "/parking/north"), ("fiware-datamodel", "dm-by-entity-type-database-schema")], sample())
-            .remove(0)
-            .unwrap();
-        assert_eq!(op.target.to_string(), "parking_north.parking_north_parkingspot_mutable");
-        let err = run("mutable", &[("fiware-service", "acme"), ("fiware-datamodel", "dm-nope")], sample()).remove(0).unwrap_err();
+        let op = run(
+            "mutable",
+            &[
+                ("fiware-service", "acme"),
+                ("fiware-servicepath", "/parking/north"),
+                ("fiware-datamodel", "dm-by-entity-type-database-schema"),
+            ],
+            sample(),
+        )
+        .remove(0)
+        .unwrap();
+        assert_eq!(
+            op.target.to_string(),
+            "parking_north.parking_north_parkingspot_mutable"
+        );
+        let err = run(
+            "mutable",
+            &[("fiware-service", "acme"), ("fiware-datamodel", "dm-nope")],
+            sample(),
+        )
+        .remove(0)
+        .unwrap_err();
         assert_eq!(err.message, "unknown datamodel \"dm-nope\"");
     }
 
     #[test]
     fn missing_timeinstant_per_flow() {
         let mut body = sample();
-        body["data"][0].as_object_mut().unwrap().remove("TimeInstant");
+        body["data"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("TimeInstant");
         let err = run("historic", &[], body.clone()).remove(0).unwrap_err();
-        assert_eq!(err.message, "missing TimeInstant attribute required by flow historic");
+        assert_eq!(
+            err.message,
+            "missing TimeInstant attribute required by flow historic"
+        );
         assert_eq!(err.target.unwrap().to_string(), "default._parkingspot");
         assert!(run("mutable", &[], body.clone()).remove(0).is_err());
         let op = run("lastdata", &[], body).remove(0).unwrap();
@@ -360,9 +452,18 @@ mod tests {
         body["data"][0]["alterationType"]["value"] = "entityDelete".into();
         let op = run("lastdata", &[], body.clone()).remove(0).unwrap();
         assert_eq!(op.kind, OpKind::Delete);
-        assert_eq!(op.columns, vec![("entityid".into(), CellValue::Text("Bay:17".into()))]);
-        assert_eq!(run("historic", &[], body.clone()).remove(0).unwrap().kind, OpKind::Write);
-        assert_eq!(run("mutable", &[], body).remove(0).unwrap().kind, OpKind::Write);
+        assert_eq!(
+            op.columns,
+            vec![("entityid".into(), CellValue::Text("Bay:17".into()))]
+        );
+        assert_eq!(
+            run("historic", &[], body.clone()).remove(0).unwrap().kind,
+            OpKind::Write
+        );
+        assert_eq!(
+            run("mutable", &[], body).remove(0).unwrap().kind,
+            OpKind::Write
+        );
     }
 
     #[test]
@@ -376,12 +477,28 @@ mod tests {
             {"id": "E", "type": "T", "TimeInstant": {"type": "DateTime", "value": "2026-01-01T00:00:00Z"}, "ok": {"type": "Number", "value": 1}}
         ]});
         let out = run("historic", &[], body);
-        let msgs: Vec<String> = out.iter().map(|r| r.as_ref().err().map(|e| e.message.clone()).unwrap_or_default()).collect();
+        let msgs: Vec<String> = out
+            .iter()
+            .map(|r| {
+                r.as_ref()
+                    .err()
+                    .map(|e| e.message.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
         assert_eq!(msgs[0], "entity has no id");
         assert_eq!(msgs[1], "entity has no type");
-        assert!(msgs[2].starts_with("invalid TimeInstant \"yesterday\""), "{}", msgs[2]);
+        assert!(
+            msgs[2].starts_with("invalid TimeInstant \"yesterday\""),
+            "{}",
+            msgs[2]
+        );
         assert!(msgs[3].contains("invalid geo:point value"), "{}", msgs[3]);
-        assert!(msgs[4].contains("collides with the recvtime column"), "{}", msgs[4]);
+        assert!(
+            msgs[4].contains("collides with the recvtime column"),
+            "{}",
+            msgs[4]
+        );
         assert!(out[5].is_ok());
     }
 
@@ -392,10 +509,14 @@ mod tests {
             "Temp": {"type": "Number", "value": 1}, "temp": {"type": "Number", "value": 2},
             "entityType": {"type": "Text", "value": "Override"}, "temp-C": {"type": "Number", "value": 3}}]});
         let op = run("mutable", &[], body).remove(0).unwrap();
-        let CellValue::Attr(t) = op.get("temp").unwrap() else { panic!() };
+        let CellValue::Attr(t) = op.get("temp").unwrap() else {
+            panic!()
+        };
         assert_eq!(t.value, serde_json::json!(2));
         assert!(op.get("temp-c").is_some());
-        let CellValue::Attr(ty) = op.get("entitytype").unwrap() else { panic!() };
+        let CellValue::Attr(ty) = op.get("entitytype").unwrap() else {
+            panic!()
+        };
         assert_eq!(ty.value, serde_json::json!("Override"));
     }
 
@@ -410,11 +531,35 @@ mod tests {
         let h = |pairs: &[(&'static str, &'static str)]| -> Vec<(&'static str, &'static [u8])> {
             pairs.iter().map(|(k, v)| (*k, v.as_bytes())).collect()
         };
-        let e = connect_error(&h(&[("__connect.errors.topic", "smc_test_lastdata_processed"), ("__connect.errors.exception.message", "boom")]), Some(b"{}"), "smc_");
-        assert_eq!(e, ConnectError { service: "test".into(), error: "boom".into(), query: Some("{}".into()) });
-        let e = connect_error(&h(&[("__connect.errors.exception.message", "ERROR: x INSERT INTO \"acme\".\"t\" (a)")]), None, "");
+        let e = connect_error(
+            &h(&[
+                ("__connect.errors.topic", "smc_test_lastdata_processed"),
+                ("__connect.errors.exception.message", "boom"),
+            ]),
+            Some(b"{}"),
+            "smc_",
+        );
+        assert_eq!(
+            e,
+            ConnectError {
+                service: "test".into(),
+                error: "boom".into(),
+                query: Some("{}".into())
+            }
+        );
+        let e = connect_error(
+            &h(&[(
+                "__connect.errors.exception.message",
+                "ERROR: x INSERT INTO \"acme\".\"t\" (a)",
+            )]),
+            None,
+            "",
+        );
         assert_eq!(e.service, "acme");
         let e = connect_error(&[], None, "");
-        assert_eq!((e.service.as_str(), e.error.as_str()), ("default", "Unknown error"));
+        assert_eq!(
+            (e.service.as_str(), e.error.as_str()),
+            ("default", "Unknown error")
+        );
     }
 }

@@ -72,7 +72,11 @@ impl DeadLetterProducer {
     /// # Errors
     /// The last Kafka error when `cancel` fires before every copy was acknowledged; the caller
     /// then must not commit the source offsets.
-    pub async fn send_all(&self, letters: &[DeadLetter], cancel: &CancellationToken) -> Result<(), KafkaError> {
+    pub async fn send_all(
+        &self,
+        letters: &[DeadLetter],
+        cancel: &CancellationToken,
+    ) -> Result<(), KafkaError> {
         for letter in letters {
             let mut backoff = backon::ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(100))
@@ -82,9 +86,13 @@ impl DeadLetterProducer {
             loop {
                 let mut h = OwnedHeaders::new_with_capacity(letter.headers.len());
                 for (k, v) in &letter.headers {
-                    h = h.insert(Header { key: k, value: Some(v) });
+                    h = h.insert(Header {
+                        key: k,
+                        value: Some(v),
+                    });
                 }
-                let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(h);
+                let mut record: FutureRecord<'_, [u8], [u8]> =
+                    FutureRecord::to(&self.topic).headers(h);
                 if let Some(v) = &letter.value {
                     record = record.payload(v);
                 }

@@ -89,18 +89,25 @@ impl ConsumerContext for FlowContext {
             Rebalance::Assign(tpl) => {
                 let n = tpl.count() as i64;
                 self.status.assigned.store(n, Ordering::Relaxed);
-                self.metrics.partitions_assigned.with_label_values(&[&self.flow]).set(n);
+                self.metrics
+                    .partitions_assigned
+                    .with_label_values(&[&self.flow])
+                    .set(n);
                 tracing::info!(flow = %self.flow, partitions = n, "partitions assigned");
             }
             Rebalance::Revoke(tpl) => {
                 for e in tpl.elements() {
-                    let _ = self
-                        .metrics
-                        .consumer_lag
-                        .remove_label_values(&[&self.flow, e.topic(), &e.partition().to_string()]);
+                    let _ = self.metrics.consumer_lag.remove_label_values(&[
+                        &self.flow,
+                        e.topic(),
+                        &e.partition().to_string(),
+                    ]);
                 }
                 self.status.assigned.store(0, Ordering::Relaxed);
-                self.metrics.partitions_assigned.with_label_values(&[&self.flow]).set(0);
+                self.metrics
+                    .partitions_assigned
+                    .with_label_values(&[&self.flow])
+                    .set(0);
                 tracing::info!(flow = %self.flow, "partitions revoked");
             }
             Rebalance::Error(e) => tracing::warn!(flow = %self.flow, error = %e, "rebalance error"),
@@ -113,7 +120,11 @@ impl ConsumerContext for FlowContext {
 ///
 /// # Errors
 /// The broker's error for anything but "topic already exists".
-pub async fn ensure_topics(config: &ClientConfig, topics: &[String], partitions: i32) -> Result<(), KafkaError> {
+pub async fn ensure_topics(
+    config: &ClientConfig,
+    topics: &[String],
+    partitions: i32,
+) -> Result<(), KafkaError> {
     if topics.is_empty() || partitions <= 0 {
         return Ok(());
     }

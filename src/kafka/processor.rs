@@ -105,7 +105,11 @@ impl FlowProcessor {
     ///
     /// # Errors
     /// [`ProcessorError::Subscribe`] when the topic cannot be subscribed.
-    pub async fn run(mut self, cancel: CancellationToken, shutdown_grace: Duration) -> Result<(), ProcessorError> {
+    pub async fn run(
+        self,
+        cancel: CancellationToken,
+        shutdown_grace: Duration,
+    ) -> Result<(), ProcessorError> {
         self.consumer
             .subscribe(&[&self.spec.topic])
             .map_err(|source| ProcessorError::Subscribe {
@@ -146,10 +150,10 @@ impl FlowProcessor {
                     }
                 }
             }
-            if window.records >= self.batch_size || window.messages.len() >= self.batch_size {
-                if !self.flush(&mut window, &mut held, &cancel).await {
-                    break;
-                }
+            let full =
+                window.records >= self.batch_size || window.messages.len() >= self.batch_size;
+            if full && !self.flush(&mut window, &mut held, &cancel).await {
+                break;
             }
         }
         // Shutdown: the in-flight window is written and committed if the database allows it
@@ -179,11 +183,19 @@ impl FlowProcessor {
             .headers()
             .map(|h| {
                 h.iter()
-                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
-        let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+        let pairs: Vec<(&str, &[u8])> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
         let now = Utc::now();
         let index = window.messages.len();
         let mut held = Held {
@@ -229,7 +241,9 @@ impl FlowProcessor {
                 held.service = h.service.clone();
                 held.failed = true;
                 window.records += 1;
-                let raw = m.payload().map(|p| postgis::truncate(String::from_utf8_lossy(p).to_string(), 8000));
+                let raw = m
+                    .payload()
+                    .map(|p| postgis::truncate(String::from_utf8_lossy(p).to_string(), 8000));
                 self.pre_error(window, index, None, &h.service, e.to_string(), raw, now);
             }
             Ok(n) => {
@@ -239,7 +253,10 @@ impl FlowProcessor {
                     window.records += 1;
                     match r {
                         Ok(op) => {
-                            window.items.push(WriteItem { op, error_log: log.clone() });
+                            window.items.push(WriteItem {
+                                op,
+                                error_log: log.clone(),
+                            });
                             window.item_message.push(index);
                         }
                         Err(e) => {
@@ -249,7 +266,15 @@ impl FlowProcessor {
                                 table: "unknown_table".into(),
                             });
                             let query = postgis::untyped_insert(&target, &e.columns);
-                            self.pre_error(window, index, e.entity_index, &n.headers.service, e.message, Some(query), now);
+                            self.pre_error(
+                                window,
+                                index,
+                                e.entity_index,
+                                &n.headers.service,
+                                e.message,
+                                Some(query),
+                                now,
+                            );
                         }
                     }
                 }
@@ -286,15 +311,26 @@ impl FlowProcessor {
 
     /// Writes the window, sends dead letters, commits offsets. Returns false when cancelled
     /// before the window could be committed (the caller stops; nothing was committed).
-    async fn flush(&self, window: &mut Window, held: &mut VecDeque<OwnedMessage>, cancel: &CancellationToken) -> bool {
+    async fn flush(
+        &self,
+        window: &mut Window,
+        held: &mut VecDeque<OwnedMessage>,
+        cancel: &CancellationToken,
+    ) -> bool {
         let flow = self.spec.name.as_str();
         let started = Instant::now();
         let outcome = match self.write_with_retry(window, held, cancel).await {
             Some(o) => o,
             None => return false,
         };
-        self.metrics.db_write_duration.with_label_values(&[flow]).observe(started.elapsed().as_secs_f64());
-        self.metrics.db_batch_rows.with_label_values(&[flow]).observe(window.records as f64);
+        self.metrics
+            .db_write_duration
+            .with_label_values(&[flow])
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .db_batch_rows
+            .with_label_values(&[flow])
+            .observe(window.records as f64);
         for f in &outcome.failures {
             let message = window.item_message[f.item];
             window.messages[message].failed = true;
@@ -306,20 +342,33 @@ impl FlowProcessor {
             tracing::debug!(flow, error = %f.error, query = %f.query, "record failed");
         }
         if !outcome.failures.is_empty() {
-            self.metrics.db_errors.with_label_values(&[flow, "permanent"]).inc_by(outcome.failures.len() as u64);
+            self.metrics
+                .db_errors
+                .with_label_values(&[flow, "permanent"])
+                .inc_by(outcome.failures.len() as u64);
         }
         for e in &outcome.error_log_failures {
             tracing::error!(flow, error = %e, "cannot write error log; dead-letter copy only");
         }
-        self.metrics.error_log_failures.with_label_values(&[flow]).inc_by(outcome.error_log_failures.len() as u64);
+        self.metrics
+            .error_log_failures
+            .with_label_values(&[flow])
+            .inc_by(outcome.error_log_failures.len() as u64);
         // Dead letters are acknowledged before offsets are committed: a failed record is never
         // lost, even if the error log could not be written.
-        let letters: Vec<DeadLetter> = window.failures.iter().map(|f| self.dead_letter(window, f)).collect();
+        let letters: Vec<DeadLetter> = window
+            .failures
+            .iter()
+            .map(|f| self.dead_letter(window, f))
+            .collect();
         if let Err(e) = self.dead_letters.send_all(&letters, cancel).await {
             tracing::warn!(flow, error = %e, "stopping before dead letters were acknowledged; window not committed");
             return false;
         }
-        self.metrics.dead_letter.with_label_values(&[flow]).inc_by(letters.len() as u64);
+        self.metrics
+            .dead_letter
+            .with_label_values(&[flow])
+            .inc_by(letters.len() as u64);
         for f in &window.failures {
             tracing::warn!(flow, service = %window.messages[f.message].service, offset = window.messages[f.message].offset, error = %f.error, "record sent to error log and dead letter");
         }
@@ -332,13 +381,24 @@ impl FlowProcessor {
         m.records(flow, "error_logged", window.failures.len() as u64);
         let now = Utc::now();
         for h in &window.messages {
-            m.message_done(flow, &h.service, !h.failed, h.received.elapsed().as_secs_f64(), now);
+            m.message_done(
+                flow,
+                &h.service,
+                !h.failed,
+                h.received.elapsed().as_secs_f64(),
+                now,
+            );
         }
         *window = Window::default();
         true
     }
 
-    async fn write_with_retry(&self, window: &Window, held: &mut VecDeque<OwnedMessage>, cancel: &CancellationToken) -> Option<WindowOutcome> {
+    async fn write_with_retry(
+        &self,
+        window: &Window,
+        held: &mut VecDeque<OwnedMessage>,
+        cancel: &CancellationToken,
+    ) -> Option<WindowOutcome> {
         let flow = self.spec.name.as_str();
         let mut backoff = backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(100))
@@ -348,10 +408,19 @@ impl FlowProcessor {
             .build();
         let mut paused = false;
         let result = loop {
-            match self.sink.lock().await.write_window(&self.spec, &window.items, &window.pre_errors, Utc::now()).await {
+            match self
+                .sink
+                .lock()
+                .await
+                .write_window(&self.spec, &window.items, &window.pre_errors, Utc::now())
+                .await
+            {
                 Ok(o) => break Some(o),
                 Err(e) => {
-                    self.metrics.db_errors.with_label_values(&[flow, "transient"]).inc();
+                    self.metrics
+                        .db_errors
+                        .with_label_values(&[flow, "transient"])
+                        .inc();
                     if !paused {
                         paused = true;
                         self.status.paused.store(true, Ordering::Relaxed);
@@ -455,8 +524,12 @@ mod tests {
     #[test]
     fn dead_letter_value_keeps_only_the_failed_entity() {
         let p = br#"{"subscriptionId":"s","data":[{"id":"A"},{"id":"B"}]}"#;
-        let v: serde_json::Value = serde_json::from_slice(&reduce_to_entity(p, 1).unwrap()).unwrap();
-        assert_eq!(v, serde_json::json!({"subscriptionId": "s", "data": [{"id": "B"}]}));
+        let v: serde_json::Value =
+            serde_json::from_slice(&reduce_to_entity(p, 1).unwrap()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"subscriptionId": "s", "data": [{"id": "B"}]})
+        );
         assert!(reduce_to_entity(b"not json", 0).is_none());
         assert!(reduce_to_entity(p, 5).is_none());
     }

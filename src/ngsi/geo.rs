@@ -74,7 +74,9 @@ pub fn to_ewkb(ngsi_type: &str, value: &Json, srid: i32) -> Result<Vec<u8>, GeoE
                 return Err(err("a polygon ring needs at least 4 points".into()));
             }
             if pts.first() != pts.last() {
-                return Err(err("polygon ring is not closed (first point != last point)".into()));
+                return Err(err(
+                    "polygon ring is not closed (first point != last point)".into(),
+                ));
             }
             wkt_to_ewkb(&format!("POLYGON(({}))", join(&pts)), srid).map_err(err)
         }
@@ -97,12 +99,18 @@ fn geojson_to_ewkb(value: &Json, srid: i32) -> Result<Vec<u8>, String> {
                 .ok_or("GeometryCollection without geometries")?;
             let mut max = 2;
             for g in parts {
-                max = max.max(check_coordinates(g.get("coordinates").ok_or("geometry without coordinates")?)?);
+                max = max.max(check_coordinates(
+                    g.get("coordinates").ok_or("geometry without coordinates")?,
+                )?);
             }
             max
         }
         "Point" | "MultiPoint" | "LineString" | "MultiLineString" | "Polygon" | "MultiPolygon" => {
-            check_coordinates(geometry.get("coordinates").ok_or("geometry without coordinates")?)?
+            check_coordinates(
+                geometry
+                    .get("coordinates")
+                    .ok_or("geometry without coordinates")?,
+            )?
         }
         other => return Err(format!("unsupported GeoJSON type {other:?}")),
     };
@@ -149,7 +157,10 @@ fn check_coordinates(c: &Json) -> Result<usize, String> {
     let arr = c.as_array().ok_or("coordinates must be arrays")?;
     if arr.first().is_some_and(Json::is_number) {
         if !(2..=3).contains(&arr.len()) {
-            return Err(format!("a position must have 2 or 3 numbers, got {}", arr.len()));
+            return Err(format!(
+                "a position must have 2 or 3 numbers, got {}",
+                arr.len()
+            ));
         }
         for n in arr {
             let f = n.as_f64().filter(|f| f.is_finite());
@@ -187,7 +198,10 @@ fn lat_lon(value: &Json) -> Result<(f64, f64), String> {
         }
         Ok(v)
     };
-    Ok((parse(lat, "latitude", 90.0)?, parse(lon, "longitude", 180.0)?))
+    Ok((
+        parse(lat, "latitude", 90.0)?,
+        parse(lon, "longitude", 180.0)?,
+    ))
 }
 
 fn lat_lon_list(value: &Json) -> Result<Vec<(f64, f64)>, String> {
@@ -232,19 +246,68 @@ mod tests {
             ("geo:point", json!("40.4168, -3.7038"), 1),
             ("geo:line", json!(["1.4168, -1.7038", "1.4178, -1.7028"]), 2),
             ("geo:box", json!(["1.0, -2.0", "2.0, -1.0"]), 3),
-            ("geo:polygon", json!(["1.4168, -1.704", "1.4175, -1.703", "1.4162, -1.702", "1.4168, -1.704"]), 3),
-            ("geo:json", json!({"type": "Point", "coordinates": [-3.7, 40.4]}), 1),
-            ("geo:json", json!({"type": "LineString", "coordinates": [[0, 0], [1, 1]]}), 2),
-            ("geo:json", json!({"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]}), 3),
-            ("geo:json", json!({"type": "MultiPoint", "coordinates": [[0, 0], [1, 1]]}), 4),
-            ("geo:json", json!({"type": "MultiLineString", "coordinates": [[[0, 0], [1, 1]], [[2, 2], [3, 3]]]}), 5),
-            ("geo:json", json!({"type": "MultiPolygon", "coordinates": [[[[0, 0], [1, 0], [1, 1], [0, 0]]]]}), 6),
-            ("geo:json", json!({"type": "GeometryCollection", "geometries": [{"type": "Point", "coordinates": [0, 0]}]}), 7),
-            ("geo:json", json!({"type": "Feature", "properties": {}, "geometry": {"type": "Point", "coordinates": [1, 2]}}), 1),
-            ("geo:json", json!({"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]}}]}), 1),
-            ("geo:json", json!({"type": "FeatureCollection", "features": [
+            (
+                "geo:polygon",
+                json!([
+                    "1.4168, -1.704",
+                    "1.4175, -1.703",
+                    "1.4162, -1.702",
+                    "1.4168, -1.704"
+                ]),
+                3,
+            ),
+            (
+                "geo:json",
+                json!({"type": "Point", "coordinates": [-3.7, 40.4]}),
+                1,
+            ),
+            (
+                "geo:json",
+                json!({"type": "LineString", "coordinates": [[0, 0], [1, 1]]}),
+                2,
+            ),
+            (
+                "geo:json",
+                json!({"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]}),
+                3,
+            ),
+            (
+                "geo:json",
+                json!({"type": "MultiPoint", "coordinates": [[0, 0], [1, 1]]}),
+                4,
+            ),
+            (
+                "geo:json",
+                json!({"type": "MultiLineString", "coordinates": [[[0, 0], [1, 1]], [[2, 2], [3, 3]]]}),
+                5,
+            ),
+            (
+                "geo:json",
+                json!({"type": "MultiPolygon", "coordinates": [[[[0, 0], [1, 0], [1, 1], [0, 0]]]]}),
+                6,
+            ),
+            (
+                "geo:json",
+                json!({"type": "GeometryCollection", "geometries": [{"type": "Point", "coordinates": [0, 0]}]}),
+                7,
+            ),
+            (
+                "geo:json",
+                json!({"type": "Feature", "properties": {}, "geometry": {"type": "Point", "coordinates": [1, 2]}}),
+                1,
+            ),
+            (
+                "geo:json",
+                json!({"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]}}]}),
+                1,
+            ),
+            (
+                "geo:json",
+                json!({"type": "FeatureCollection", "features": [
                 {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]}},
-                {"type": "Feature", "geometry": {"type": "Point", "coordinates": [3, 4]}}]}), 7),
+                {"type": "Feature", "geometry": {"type": "Point", "coordinates": [3, 4]}}]}),
+                7,
+            ),
             ("GEO:POINT", json!("90.0,180.0"), 1),
         ];
         for (ty, value, want_type) in cases {
@@ -263,7 +326,12 @@ mod tests {
 
     #[test]
     fn three_d_geojson_keeps_z() {
-        let ewkb = to_ewkb("geo:json", &json!({"type": "Point", "coordinates": [1, 2, 3]}), 4326).unwrap();
+        let ewkb = to_ewkb(
+            "geo:json",
+            &json!({"type": "Point", "coordinates": [1, 2, 3]}),
+            4326,
+        )
+        .unwrap();
         let ty = u32::from_le_bytes(ewkb[1..5].try_into().unwrap());
         assert!(ty & 0x8000_0000 != 0, "Z flag set");
     }
@@ -278,7 +346,10 @@ mod tests {
             ("geo:line", json!(["1, 2"])),
             ("geo:box", json!(["1, 2"])),
             ("geo:polygon", json!(["0, 0", "0, 1", "1, 1", "1, 0"])),
-            ("geo:json", json!({"type": "Point", "coordinates": ["a", 1]})),
+            (
+                "geo:json",
+                json!({"type": "Point", "coordinates": ["a", 1]}),
+            ),
             ("geo:json", json!({"type": "Point", "coordinates": [1]})),
             ("geo:json", json!({"type": "Circle", "coordinates": [1, 2]})),
             ("geo:json", json!({"type": "Feature", "geometry": null})),
@@ -286,7 +357,10 @@ mod tests {
             ("geo:circle", json!("1, 2")),
         ];
         for (ty, value) in cases {
-            assert!(to_ewkb(ty, &value, 4326).is_err(), "{ty} {value} should fail");
+            assert!(
+                to_ewkb(ty, &value, 4326).is_err(),
+                "{ty} {value} should fail"
+            );
         }
     }
 }

@@ -34,7 +34,7 @@ pub enum DecodeError {
 }
 
 /// Routing headers of one record, already normalised as Kafnus does (reference §1.2).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NgsiHeaders {
     /// Tenant, lower-cased; `default` when missing or empty.
     pub service: String,
@@ -166,7 +166,10 @@ pub struct Notification {
 ///
 /// # Errors
 /// [`DecodeError`] when the value is missing, not JSON, or holds no `data` array.
-pub fn decode(value: Option<&[u8]>, headers: &[(&str, &[u8])]) -> Result<Notification, DecodeError> {
+pub fn decode(
+    value: Option<&[u8]>,
+    headers: &[(&str, &[u8])],
+) -> Result<Notification, DecodeError> {
     let bytes = value.ok_or(DecodeError::EmptyValue)?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(DecodeError::EmptyValue);
@@ -242,7 +245,10 @@ fn body_headers(obj: &Map<String, Json>) -> Option<NgsiHeaders> {
     };
     let (service, servicepath) = match obj.get("headers") {
         Some(Json::Object(h)) => (lookup(h, "fiware-service"), lookup(h, "fiware-servicepath")),
-        _ => (lookup(obj, "fiware-service"), lookup(obj, "fiware-servicepath")),
+        _ => (
+            lookup(obj, "fiware-service"),
+            lookup(obj, "fiware-servicepath"),
+        ),
     };
     if service.is_none() && servicepath.is_none() {
         return None;
@@ -255,11 +261,21 @@ fn body_headers(obj: &Map<String, Json>) -> Option<NgsiHeaders> {
 fn ngsiv1_to_v2(body: &Map<String, Json>) -> Option<Map<String, Json>> {
     let attrs = body.get("attributes")?.as_array()?;
     let mut entity = Map::new();
-    entity.insert("id".into(), body.get("entityId").cloned().unwrap_or(Json::Null));
-    entity.insert("type".into(), body.get("entityType").cloned().unwrap_or(Json::Null));
+    entity.insert(
+        "id".into(),
+        body.get("entityId").cloned().unwrap_or(Json::Null),
+    );
+    entity.insert(
+        "type".into(),
+        body.get("entityType").cloned().unwrap_or(Json::Null),
+    );
     for a in attrs {
         let name = a.get("attrName")?.as_str()?;
-        let ty = a.get("attrType").or_else(|| a.get("type")).cloned().unwrap_or(Json::Null);
+        let ty = a
+            .get("attrType")
+            .or_else(|| a.get("type"))
+            .cloned()
+            .unwrap_or(Json::Null);
         let value = a.get("attrValue").cloned().unwrap_or(Json::Null);
         entity.insert(name.into(), serde_json::json!({"type": ty, "value": value}));
     }
@@ -314,13 +330,37 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)]
     fn headers_are_case_insensitive_and_defaulted() {
         let cases: &[(&[(&str, &str)], &str, &str, Option<&str>)] = &[
             (&[], "default", "/", None),
-            (&[("Fiware-Service", "Acme"), ("Fiware-Servicepath", "/Parking/North")], "acme", "/parking/north", None),
-            (&[("FIWARE-SERVICE", "x"), ("fiware-servicepath", "abc")], "x", "/abc", None),
-            (&[("fiware-service", "  "), ("fiware-servicepath", "")], "default", "/", None),
-            (&[("fiware-datamodel", "dm-by-entity-type-database-schema")], "default", "/", Some("dm-by-entity-type-database-schema")),
+            (
+                &[
+                    ("Fiware-Service", "Acme"),
+                    ("Fiware-Servicepath", "/Parking/North"),
+                ],
+                "acme",
+                "/parking/north",
+                None,
+            ),
+            (
+                &[("FIWARE-SERVICE", "x"), ("fiware-servicepath", "abc")],
+                "x",
+                "/abc",
+                None,
+            ),
+            (
+                &[("fiware-service", "  "), ("fiware-servicepath", "")],
+                "default",
+                "/",
+                None,
+            ),
+            (
+                &[("fiware-datamodel", "dm-by-entity-type-database-schema")],
+                "default",
+                "/",
+                Some("dm-by-entity-type-database-schema"),
+            ),
             (&[("fiware-datamodel", " ")], "default", "/", None),
         ];
         for (pairs, service, sp, dm) in cases {
@@ -342,15 +382,27 @@ mod tests {
         assert_eq!(n.entities[0].id.as_deref(), Some("E1"));
         assert_eq!(n.entities[0].attributes[0].name, "TimeInstant");
         assert_eq!(n.entities[0].attributes[1].value, serde_json::json!(21.5));
-        assert_eq!(n.entities[1].attributes[0].ngsi_type.as_deref(), Some("Text"));
+        assert_eq!(
+            n.entities[1].attributes[0].ngsi_type.as_deref(),
+            Some("Text")
+        );
     }
 
     #[test]
     fn decode_errors() {
         assert_eq!(decode(None, &[]), Err(DecodeError::EmptyValue));
-        assert!(matches!(decode(Some(b"{not json"), &[]), Err(DecodeError::InvalidJson(_))));
-        assert_eq!(decode(Some(b"{\"subscriptionId\":\"x\"}"), &[]), Err(DecodeError::MissingData));
-        assert_eq!(decode(Some(b"{\"data\":{}}"), &[]), Err(DecodeError::MissingData));
+        assert!(matches!(
+            decode(Some(b"{not json"), &[]),
+            Err(DecodeError::InvalidJson(_))
+        ));
+        assert_eq!(
+            decode(Some(b"{\"subscriptionId\":\"x\"}"), &[]),
+            Err(DecodeError::MissingData)
+        );
+        assert_eq!(
+            decode(Some(b"{\"data\":{}}"), &[]),
+            Err(DecodeError::MissingData)
+        );
         assert_eq!(decode(Some(b"[1,2]"), &[]), Err(DecodeError::MissingData));
     }
 
@@ -362,7 +414,11 @@ mod tests {
         assert_eq!(n.entities[0].id.as_deref(), Some("E"));
         assert_eq!(n.headers.service, "old");
         let as_object = serde_json::json!({"payload": {"data": [{"id": "E2", "type": "T"}]}});
-        let n = decode(Some(as_object.to_string().as_bytes()), &h(&[("fiware-service", "k")])).unwrap();
+        let n = decode(
+            Some(as_object.to_string().as_bytes()),
+            &h(&[("fiware-service", "k")]),
+        )
+        .unwrap();
         assert_eq!(n.entities[0].id.as_deref(), Some("E2"));
         assert_eq!(n.headers.service, "k");
         let v1 = serde_json::json!({"headers": {"fiware-service": "svc", "fiware-servicepath": "/p"},
@@ -370,7 +426,10 @@ mod tests {
         let n = decode(Some(v1.to_string().as_bytes()), &[]).unwrap();
         assert_eq!(n.headers.service, "svc");
         assert_eq!(n.headers.servicepath, "/p");
-        assert_eq!(n.entities[0].attribute("temperature").unwrap().value, serde_json::json!(3));
+        assert_eq!(
+            n.entities[0].attribute("temperature").unwrap().value,
+            serde_json::json!(3)
+        );
     }
 
     #[test]

@@ -196,12 +196,14 @@ pub fn bind_text(
         CellValue::Null => return Ok(None),
         CellValue::Text(s) => {
             return match kind {
-                ColumnKind::Json | ColumnKind::Jsonb => Ok(Some(Json::String(s.clone()).to_string())),
+                ColumnKind::Json | ColumnKind::Jsonb => {
+                    Ok(Some(Json::String(s.clone()).to_string()))
+                }
                 ColumnKind::Text | ColumnKind::Other => Ok(Some(s.clone())),
                 _ => Err(fail("")),
             }
         }
-        CellValue::Instant(t) => return bind_instant(kind, t).ok_or_else(|| fail("")),
+        CellValue::Instant(t) => return bind_instant(kind, t).map(Some).ok_or_else(|| fail("")),
         CellValue::Attr(a) => a,
     };
     if attr.value.is_null() {
@@ -210,11 +212,15 @@ pub fn bind_text(
     match kind {
         ColumnKind::Geometry | ColumnKind::Geography => match &attr.ewkb {
             Some(ewkb) => Ok(Some(hex::encode(ewkb))),
-            None => Err(fail("only geo:point, geo:line, geo:box, geo:polygon and geo:json values are geometries")),
+            None => Err(fail(
+                "only geo:point, geo:line, geo:box, geo:polygon and geo:json values are geometries",
+            )),
         },
         ColumnKind::TimestampTz | ColumnKind::Timestamp | ColumnKind::Date => match &attr.instant {
             Some(t) => Ok(bind_instant(kind, t)),
-            None => Err(fail("not an ISO 8601 date-time of NGSI type DateTime or ISO8601")),
+            None => Err(fail(
+                "not an ISO 8601 date-time of NGSI type DateTime or ISO8601",
+            )),
         },
         ColumnKind::Json | ColumnKind::Jsonb => Ok(Some(attr.value.to_string())),
         ColumnKind::Boolean => match &attr.value {
@@ -240,10 +246,14 @@ pub fn bind_text(
 
 fn bind_instant(kind: ColumnKind, t: &DateTime<Utc>) -> Option<String> {
     match kind {
-        ColumnKind::TimestampTz | ColumnKind::Text | ColumnKind::Other => Some(to_rfc3339_micros(t)),
+        ColumnKind::TimestampTz | ColumnKind::Text | ColumnKind::Other => {
+            Some(to_rfc3339_micros(t))
+        }
         ColumnKind::Timestamp => Some(t.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f").to_string()),
         ColumnKind::Date => Some(t.date_naive().to_string()),
-        ColumnKind::Json | ColumnKind::Jsonb => Some(Json::String(to_rfc3339_micros(t)).to_string()),
+        ColumnKind::Json | ColumnKind::Jsonb => {
+            Some(Json::String(to_rfc3339_micros(t)).to_string())
+        }
         _ => None,
     }
 }
@@ -284,7 +294,9 @@ mod tests {
     use serde_json::json;
 
     fn attr(ty: &str, v: Json) -> CellValue {
-        let instant = v.as_str().and_then(|s| super::super::time::parse_datetime(s).ok());
+        let instant = v
+            .as_str()
+            .and_then(|s| super::super::time::parse_datetime(s).ok());
         CellValue::Attr(AttrValue {
             ngsi_type: Some(ty.into()),
             value: v,
@@ -309,30 +321,58 @@ mod tests {
             (SmallInt, num("40000"), Err(())),
             (Integer, num("1.5"), Err(())),
             (Integer, attr("Text", json!("12")), Err(())),
-            (Numeric, num("123456789012345678901234.123456789"), t("123456789012345678901234.123456789")),
+            (
+                Numeric,
+                num("123456789012345678901234.123456789"),
+                t("123456789012345678901234.123456789"),
+            ),
             (Float, num("-0.0"), t("-0.0")),
             (Float, num("1e-06"), t("1e-06")),
             (Float, num("3.4028235e+38"), t("3.4028235e+38")),
             (Text, num("123"), t("123")),
             (Text, attr("Text", json!("free")), t("free")),
-            (Text, attr("StructuredValue", json!({"a": [1, 2]})), t(r#"{"a":[1,2]}"#)),
+            (
+                Text,
+                attr("StructuredValue", json!({"a": [1, 2]})),
+                t(r#"{"a":[1,2]}"#),
+            ),
             (Boolean, attr("Boolean", json!(true)), t("true")),
             (Boolean, num("1"), Err(())),
             (Text, attr("Boolean", json!(false)), t("false")),
-            (Jsonb, attr("StructuredValue", json!({"b": 1, "a": 2})), t(r#"{"b":1,"a":2}"#)),
+            (
+                Jsonb,
+                attr("StructuredValue", json!({"b": 1, "a": 2})),
+                t(r#"{"b":1,"a":2}"#),
+            ),
             (Json, attr("json", json!("abc")), t(r#""abc""#)),
             (Json, num("1.10"), t("1.10")),
-            (TimestampTz, attr("DateTime", json!("2025-05-15T12:00:03.123+02:00")), t("2025-05-15T10:00:03.123000Z")),
-            (Timestamp, attr("DateTime", json!("2025-05-15T12:00:03.123+02:00")), t("2025-05-15 10:00:03.123000")),
-            (Date, attr("DateTime", json!("2025-05-15T23:00:00-02:00")), t("2025-05-16")),
+            (
+                TimestampTz,
+                attr("DateTime", json!("2025-05-15T12:00:03.123+02:00")),
+                t("2025-05-15T10:00:03.123000Z"),
+            ),
+            (
+                Timestamp,
+                attr("DateTime", json!("2025-05-15T12:00:03.123+02:00")),
+                t("2025-05-15 10:00:03.123000"),
+            ),
+            (
+                Date,
+                attr("DateTime", json!("2025-05-15T23:00:00-02:00")),
+                t("2025-05-16"),
+            ),
             (TimestampTz, attr("Text", json!("2025-05-15")), Err(())),
             (TimestampTz, attr("DateTime", json!("not a date")), Err(())),
             (Geometry, attr("Text", json!("POINT(1 2)")), Err(())),
-            (Integer, attr("Number", Json::Null), Ok(None)),
+            (Integer, attr("Number", serde_json::Value::Null), Ok(None)),
             (Geometry, CellValue::Null, Ok(None)),
             (Text, CellValue::Text("E1".into()), t("E1")),
             (Integer, CellValue::Text("E1".into()), Err(())),
-            (Other, attr("Text", json!("550e8400-e29b-41d4-a716-446655440000")), t("550e8400-e29b-41d4-a716-446655440000")),
+            (
+                Other,
+                attr("Text", json!("550e8400-e29b-41d4-a716-446655440000")),
+                t("550e8400-e29b-41d4-a716-446655440000"),
+            ),
         ];
         for (kind, value, want) in cases {
             let got = bind_text("c", kind, "sqltype", &value).map_err(|_| ());
@@ -348,7 +388,10 @@ mod tests {
             instant: None,
             ewkb: Some(Arc::from(vec![1u8, 0xab])),
         });
-        assert_eq!(bind_text("location", ColumnKind::Geometry, "geometry", &v), Ok(Some("01ab".into())));
+        assert_eq!(
+            bind_text("location", ColumnKind::Geometry, "geometry", &v),
+            Ok(Some("01ab".into()))
+        );
     }
 
     #[test]

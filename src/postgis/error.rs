@@ -26,7 +26,10 @@ impl ErrorClass {
 pub fn classify_sqlstate(code: &str) -> ErrorClass {
     let transient = code.starts_with("08")
         || code.starts_with("53")
-        || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "55P03" | "25006");
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "55P03" | "25006"
+        );
     if transient {
         ErrorClass::Transient
     } else {

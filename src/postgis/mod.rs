@@ -205,7 +205,9 @@ impl Sink {
             ensured_error_logs,
             ..
         } = self;
-        let client = client.as_mut().ok_or_else(|| TransientError("not connected".into()))?;
+        let client = client
+            .as_mut()
+            .ok_or_else(|| TransientError("not connected".into()))?;
         let mut tx = client.transaction().await.map_err(transient)?;
         let mut out = WindowOutcome::default();
         let mut log_rows: Vec<ErrorLogRow> = pre_errors.to_vec();
@@ -281,7 +283,11 @@ pub fn plan(spec: &FlowSpec, items: &[WriteItem]) -> Vec<Group> {
                 .unwrap_or_default();
             for k in keys.iter().filter(|k| *k != "entityid") {
                 key.push('\u{0}');
-                key.push_str(&op.get(k).and_then(CellValue::display_text).unwrap_or_default());
+                key.push_str(
+                    &op.get(k)
+                        .and_then(CellValue::display_text)
+                        .unwrap_or_default(),
+                );
             }
             let n = occurrences.entry((op.target.clone(), key)).or_insert(0);
             *n += 1;
@@ -322,7 +328,12 @@ enum Exec {
 }
 
 impl Writer<'_> {
-    async fn table_meta(&mut self, tx: &mut Transaction<'_>, table: &TableRef, refresh: bool) -> Result<Option<Arc<TableMeta>>, TransientError> {
+    async fn table_meta(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        table: &TableRef,
+        refresh: bool,
+    ) -> Result<Option<Arc<TableMeta>>, TransientError> {
         if !refresh {
             if let Some(m) = self.meta.get(table) {
                 return Ok(Some(m.clone()));
@@ -342,7 +353,13 @@ impl Writer<'_> {
                 let name: String = r.get(0);
                 let sql_type: String = r.get(1);
                 let typname: String = r.get(2);
-                (name, ColumnInfo { kind: ColumnKind::from_typname(&typname), sql_type })
+                (
+                    name,
+                    ColumnInfo {
+                        kind: ColumnKind::from_typname(&typname),
+                        sql_type,
+                    },
+                )
             })
             .collect();
         let m = Arc::new(m);
@@ -353,7 +370,12 @@ impl Writer<'_> {
         Ok(Some(m))
     }
 
-    async fn prepare(&mut self, tx: &mut Transaction<'_>, sql: &str, params: usize) -> Result<Statement, tokio_postgres::Error> {
+    async fn prepare(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        sql: &str,
+        params: usize,
+    ) -> Result<Statement, tokio_postgres::Error> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
@@ -368,11 +390,17 @@ impl Writer<'_> {
 
     /// Runs a statement over column arrays inside a savepoint; a permanent failure rolls back
     /// to the savepoint and is returned, a transient one aborts the window.
-    async fn exec(&mut self, tx: &mut Transaction<'_>, sql: &str, arrays: &[Vec<Option<String>>]) -> Result<Exec, TransientError> {
+    async fn exec(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        sql: &str,
+        arrays: &[Vec<Option<String>>],
+    ) -> Result<Exec, TransientError> {
         let mut sp = tx.transaction().await.map_err(transient)?;
         let result = match self.prepare(&mut sp, sql, arrays.len()).await {
             Ok(stmt) => {
-                let params: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+                let params: Vec<&(dyn ToSql + Sync)> =
+                    arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
                 sp.query(&stmt, &params).await.map(|rows| rows.len() as u64)
             }
             Err(e) => Err(e),
@@ -395,7 +423,12 @@ impl Writer<'_> {
         }
     }
 
-    async fn write_group(&mut self, tx: &mut Transaction<'_>, items: &[WriteItem], group: &Group) -> Result<Vec<ItemFailure>, TransientError> {
+    async fn write_group(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        items: &[WriteItem],
+        group: &Group,
+    ) -> Result<Vec<ItemFailure>, TransientError> {
         let fail_all = |message: &str, failures: &mut Vec<ItemFailure>| {
             for &i in &group.items {
                 failures.push(ItemFailure {
@@ -410,7 +443,10 @@ impl Writer<'_> {
         let mut meta = match self.table_meta(tx, &group.target, false).await? {
             Some(m) => m,
             None => {
-                fail_all(&format!("table {} does not exist", group.target.quoted()), &mut failures);
+                fail_all(
+                    &format!("table {} does not exist", group.target.quoted()),
+                    &mut failures,
+                );
                 return Ok(failures);
             }
         };
@@ -425,15 +461,25 @@ impl Writer<'_> {
                 break;
             }
             if refreshed {
-                let list = missing.iter().map(|m| format!("\"{m}\"")).collect::<Vec<_>>().join(", ");
-                fail_all(&format!("table {} has no column {list}", group.target.quoted()), &mut failures);
+                let list = missing
+                    .iter()
+                    .map(|m| format!("\"{m}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                fail_all(
+                    &format!("table {} has no column {list}", group.target.quoted()),
+                    &mut failures,
+                );
                 return Ok(failures);
             }
             refreshed = true;
             match self.table_meta(tx, &group.target, true).await? {
                 Some(m) => meta = m,
                 None => {
-                    fail_all(&format!("table {} does not exist", group.target.quoted()), &mut failures);
+                    fail_all(
+                        &format!("table {} does not exist", group.target.quoted()),
+                        &mut failures,
+                    );
                     return Ok(failures);
                 }
             }
@@ -442,7 +488,10 @@ impl Writer<'_> {
         let cols: Vec<Col<'_>> = group
             .columns
             .iter()
-            .map(|c| Col { name: c, sql_type: &meta[c.as_str()].sql_type })
+            .map(|c| Col {
+                name: c,
+                sql_type: &meta[c.as_str()].sql_type,
+            })
             .collect();
         let mut bound: Vec<(usize, Vec<Option<String>>)> = Vec::with_capacity(group.items.len());
         for &i in &group.items {
@@ -469,10 +518,12 @@ impl Writer<'_> {
             RowsResult::Failed(e) if is_stale_metadata(&e) && !refreshed => {
                 // The table changed under us: reload its metadata and retry the group once.
                 self.meta.remove(&group.target);
-                return Box::pin(self.write_group(tx, items, group)).await.map(|mut f| {
-                    failures.append(&mut f);
-                    failures
-                });
+                return Box::pin(self.write_group(tx, items, group))
+                    .await
+                    .map(|mut f| {
+                        failures.append(&mut f);
+                        failures
+                    });
             }
             RowsResult::Failed(_) if rows.len() > 1 => {
                 for row in rows {
@@ -492,7 +543,13 @@ impl Writer<'_> {
         Ok(failures)
     }
 
-    fn failure(&self, group: &Group, cols: &[Col<'_>], row: &(usize, Vec<Option<String>>), e: &tokio_postgres::Error) -> ItemFailure {
+    fn failure(
+        &self,
+        group: &Group,
+        cols: &[Col<'_>],
+        row: &(usize, Vec<Option<String>>),
+        e: &tokio_postgres::Error,
+    ) -> ItemFailure {
         let query = if group.kind == OpKind::Delete {
             sql::readable_delete(&group.target, row.1[0].as_deref().unwrap_or(""))
         } else {
@@ -507,10 +564,20 @@ impl Writer<'_> {
 
     /// Writes some rows of a group with one statement and counts outcomes. For inserts whose
     /// rows partly conflicted, each conflicting row is checked for being an identical replay.
-    async fn run_rows(&mut self, tx: &mut Transaction<'_>, group: &Group, cols: &[Col<'_>], rows: &[&(usize, Vec<Option<String>>)]) -> Result<RowsResult, TransientError> {
+    async fn run_rows(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        group: &Group,
+        cols: &[Col<'_>],
+        rows: &[&(usize, Vec<Option<String>>)],
+    ) -> Result<RowsResult, TransientError> {
         let arrays = transpose(cols.len(), rows);
         if group.kind == OpKind::Delete {
-            let id_col = group.columns.iter().position(|c| c == "entityid").unwrap_or(0);
+            let id_col = group
+                .columns
+                .iter()
+                .position(|c| c == "entityid")
+                .unwrap_or(0);
             let sql = sql::delete_statement(&group.target);
             return Ok(match self.exec(tx, &sql, &arrays[id_col..=id_col]).await? {
                 Exec::Rows(_) => {
@@ -564,11 +631,17 @@ impl Writer<'_> {
                     .collect();
                 let check_cols: Vec<Col<'_>> = compare.iter().map(|(c, _)| c.clone()).collect();
                 let check = sql::identical_row_exists(&group.target, &check_cols);
-                let params: Vec<&(dyn ToSql + Sync)> = compare.iter().map(|(_, v)| *v as &(dyn ToSql + Sync)).collect();
+                let params: Vec<&(dyn ToSql + Sync)> = compare
+                    .iter()
+                    .map(|(_, v)| *v as &(dyn ToSql + Sync))
+                    .collect();
                 let types = vec![Type::TEXT; params.len()];
-                let mut sp = tx.transaction().await.map_err(transient)?;
+                let sp = tx.transaction().await.map_err(transient)?;
                 let checked = match sp.prepare_typed(&check, &types).await {
-                    Ok(stmt) => sp.query_one(&stmt, &params).await.map(|r| r.get::<_, bool>(0)),
+                    Ok(stmt) => sp
+                        .query_one(&stmt, &params)
+                        .await
+                        .map(|r| r.get::<_, bool>(0)),
                     Err(e) => Err(e),
                 };
                 self.out.statements += 1;
@@ -615,7 +688,8 @@ enum RowsResult {
 }
 
 fn transpose(ncols: usize, rows: &[&(usize, Vec<Option<String>>)]) -> Vec<Vec<Option<String>>> {
-    let mut arrays: Vec<Vec<Option<String>>> = (0..ncols).map(|_| Vec::with_capacity(rows.len())).collect();
+    let mut arrays: Vec<Vec<Option<String>>> =
+        (0..ncols).map(|_| Vec::with_capacity(rows.len())).collect();
     for (_, row) in rows {
         for (a, v) in arrays.iter_mut().zip(row.iter()) {
             a.push(v.clone());
@@ -624,7 +698,11 @@ fn transpose(ncols: usize, rows: &[&(usize, Vec<Option<String>>)]) -> Vec<Vec<Op
     arrays
 }
 
-fn bind_row(op: &RowOp, columns: &[String], meta: &TableMeta) -> Result<Vec<Option<String>>, crate::ngsi::value::BindError> {
+fn bind_row(
+    op: &RowOp,
+    columns: &[String],
+    meta: &TableMeta,
+) -> Result<Vec<Option<String>>, crate::ngsi::value::BindError> {
     columns
         .iter()
         .map(|c| {
@@ -642,7 +720,10 @@ fn typed_query(table: &TableRef, cols: &[Col<'_>], values: &[Option<String>]) ->
         .map(|(c, v)| {
             let lit = match v {
                 None => Literal::Null,
-                Some(s) if ColumnKind::from_typname(base_name(c.sql_type)).is_numeric() || c.sql_type == "boolean" => {
+                Some(s)
+                    if ColumnKind::from_typname(base_name(c.sql_type)).is_numeric()
+                        || c.sql_type == "boolean" =>
+                {
                     Literal::Bare(s.clone())
                 }
                 Some(s) => Literal::Quoted(s.clone()),
@@ -668,7 +749,10 @@ fn base_name(sql_type: &str) -> &str {
 /// Readable statement for a record that failed before its column types were known.
 pub fn untyped_query(op: &RowOp) -> String {
     if op.kind == OpKind::Delete {
-        let id = op.get("entityid").and_then(CellValue::display_text).unwrap_or_default();
+        let id = op
+            .get("entityid")
+            .and_then(CellValue::display_text)
+            .unwrap_or_default();
         return sql::readable_delete(&op.target, &id);
     }
     untyped_insert(&op.target, &op.columns)
@@ -715,17 +799,21 @@ async fn write_error_logs(
     }
     for (table, rows) in by_table {
         let ts: Vec<DateTime<Utc>> = rows.iter().map(|r| r.timestamp).collect();
-        let errors: Vec<String> = rows.iter().map(|r| truncate(r.error.clone(), MAX_ERROR_CHARS)).collect();
+        let errors: Vec<String> = rows
+            .iter()
+            .map(|r| truncate(r.error.clone(), MAX_ERROR_CHARS))
+            .collect();
         let queries: Vec<Option<String>> = rows.iter().map(|r| r.query.clone()).collect();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut sp = tx.transaction().await.map_err(transient)?;
+            let sp = tx.transaction().await.map_err(transient)?;
             let result = async {
                 if !ensured.contains(table) {
                     sp.batch_execute(&sql::create_error_log(table)).await?;
                 }
-                sp.execute(&sql::insert_error_log(table), &[&ts, &errors, &queries]).await
+                sp.execute(&sql::insert_error_log(table), &[&ts, &errors, &queries])
+                    .await
             }
             .await;
             match result {
@@ -743,13 +831,27 @@ async fn write_error_logs(
                         continue;
                     }
                     ensured.remove(table);
-                    out.error_log_failures.push(format!("{}: {}", table, describe(&e)));
+                    out.error_log_failures
+                        .push(format!("{}: {}", table, describe(&e)));
                     break;
                 }
             }
         }
     }
     Ok(())
+}
+
+/// True when a fresh connection to `url` answers `SELECT 1` within `timeout` (`/ready`).
+pub async fn reachable(url: &str, timeout: Duration) -> bool {
+    let attempt = async {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await.ok()?;
+        let handle = tokio::spawn(connection);
+        let ok = client.simple_query("SELECT 1").await.is_ok();
+        drop(client);
+        let _ = handle.await;
+        Some(ok)
+    };
+    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
 }
 
 #[cfg(test)]
@@ -773,7 +875,10 @@ mod tests {
         }
         WriteItem {
             op: RowOp {
-                target: TableRef { schema: "s".into(), table: table.into() },
+                target: TableRef {
+                    schema: "s".into(),
+                    table: table.into(),
+                },
                 kind,
                 columns,
                 entity_index: 0,
@@ -792,8 +897,19 @@ mod tests {
             item("u", "A", Some("1"), &["x"], OpKind::Write),
         ];
         let groups = plan(&spec("lastdata"), &items);
-        let summary: Vec<(usize, &str, Vec<usize>)> = groups.iter().map(|g| (g.round, g.target.table.as_str(), g.items.clone())).collect();
-        assert_eq!(summary, vec![(0, "t", vec![0, 1]), (0, "u", vec![4]), (1, "t", vec![2]), (2, "t", vec![3])]);
+        let summary: Vec<(usize, &str, Vec<usize>)> = groups
+            .iter()
+            .map(|g| (g.round, g.target.table.as_str(), g.items.clone()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (0, "t", vec![0, 1]),
+                (0, "u", vec![4]),
+                (1, "t", vec![2]),
+                (2, "t", vec![3])
+            ]
+        );
         // mutable keys on (entityid, timeinstant): A@1 and A@2 share a round
         let groups = plan(&spec("mutable"), &items[..3]);
         assert_eq!(groups.len(), 1);
@@ -816,17 +932,4 @@ mod tests {
         assert_eq!(truncate("abcdef".into(), 4), "abcd... [truncated 2 chars]");
         assert_eq!(truncate("abc".into(), 4), "abc");
     }
-}
-
-/// True when a fresh connection to `url` answers `SELECT 1` within `timeout` (`/ready`).
-pub async fn reachable(url: &str, timeout: Duration) -> bool {
-    let attempt = async {
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await.ok()?;
-        let handle = tokio::spawn(connection);
-        let ok = client.simple_query("SELECT 1").await.is_ok();
-        drop(client);
-        let _ = handle.await;
-        Some(ok)
-    };
-    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
 }

@@ -46,7 +46,10 @@ fn unnest_select(cols: &[Col<'_>]) -> String {
 }
 
 fn column_list(cols: &[Col<'_>]) -> String {
-    cols.iter().map(|c| quote_ident(c.name)).collect::<Vec<_>>().join(", ")
+    cols.iter()
+        .map(|c| quote_ident(c.name))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The write statement of a group of rows sharing table and column set. It returns one row per
@@ -60,7 +63,13 @@ fn column_list(cols: &[Col<'_>]) -> String {
 ///
 /// `strict` builds a plain `INSERT` without conflict handling, used to obtain PostgreSQL's own
 /// duplicate-key error for a row that is not an identical replay.
-pub fn write_statement(table: &TableRef, cols: &[Col<'_>], mode: WriteMode, keys: &[String], strict: bool) -> String {
+pub fn write_statement(
+    table: &TableRef,
+    cols: &[Col<'_>],
+    mode: WriteMode,
+    keys: &[String],
+    strict: bool,
+) -> String {
     let mut sql = format!(
         "INSERT INTO {} AS cur ({}) {}",
         table.quoted(),
@@ -73,7 +82,11 @@ pub fn write_statement(table: &TableRef, cols: &[Col<'_>], mode: WriteMode, keys
     match mode {
         WriteMode::Insert => sql.push_str(" ON CONFLICT DO NOTHING"),
         WriteMode::Upsert | WriteMode::UpsertIfNewer => {
-            let key_list = keys.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ");
+            let key_list = keys
+                .iter()
+                .map(|k| quote_ident(k))
+                .collect::<Vec<_>>()
+                .join(", ");
             let sets: Vec<String> = cols
                 .iter()
                 .filter(|c| !keys.iter().any(|k| k == c.name))
@@ -82,8 +95,12 @@ pub fn write_statement(table: &TableRef, cols: &[Col<'_>], mode: WriteMode, keys
             if sets.is_empty() {
                 sql.push_str(&format!(" ON CONFLICT ({key_list}) DO NOTHING"));
             } else {
-                sql.push_str(&format!(" ON CONFLICT ({key_list}) DO UPDATE SET {}", sets.join(", ")));
-                if mode == WriteMode::UpsertIfNewer && cols.iter().any(|c| c.name == "timeinstant") {
+                sql.push_str(&format!(
+                    " ON CONFLICT ({key_list}) DO UPDATE SET {}",
+                    sets.join(", ")
+                ));
+                if mode == WriteMode::UpsertIfNewer && cols.iter().any(|c| c.name == "timeinstant")
+                {
                     sql.push_str(
                         " WHERE EXCLUDED.\"timeinstant\" >= cur.\"timeinstant\" OR cur.\"timeinstant\" IS NULL",
                     );
@@ -105,9 +122,16 @@ pub fn identical_row_exists(table: &TableRef, cols: &[Col<'_>]) -> String {
         .map(|(i, c)| {
             let n = i + 1;
             if c.sql_type == "json" {
-                format!("{}::jsonb IS NOT DISTINCT FROM ${n}::text::jsonb", quote_ident(c.name))
+                format!(
+                    "{}::jsonb IS NOT DISTINCT FROM ${n}::text::jsonb",
+                    quote_ident(c.name)
+                )
             } else {
-                format!("{} IS NOT DISTINCT FROM ${n}::text::{}", quote_ident(c.name), c.sql_type)
+                format!(
+                    "{} IS NOT DISTINCT FROM ${n}::text::{}",
+                    quote_ident(c.name),
+                    c.sql_type
+                )
             }
         })
         .collect();
@@ -189,13 +213,25 @@ mod tests {
     use super::*;
 
     fn t() -> TableRef {
-        TableRef { schema: "acme".into(), table: "p_t_lastdata".into() }
+        TableRef {
+            schema: "acme".into(),
+            table: "p_t_lastdata".into(),
+        }
     }
 
     const COLS: [Col<'static>; 3] = [
-        Col { name: "entityid", sql_type: "text" },
-        Col { name: "timeinstant", sql_type: "timestamp with time zone" },
-        Col { name: "temp", sql_type: "numeric(10,2)" },
+        Col {
+            name: "entityid",
+            sql_type: "text",
+        },
+        Col {
+            name: "timeinstant",
+            sql_type: "timestamp with time zone",
+        },
+        Col {
+            name: "temp",
+            sql_type: "numeric(10,2)",
+        },
     ];
 
     #[test]
@@ -209,7 +245,14 @@ mod tests {
             "INSERT INTO \"acme\".\"p_t_lastdata\" AS cur (\"entityid\", \"timeinstant\", \"temp\") SELECT u.c1::text, u.c2::timestamp with time zone, u.c3::numeric(10,2) FROM unnest($1::text[], $2::text[], $3::text[]) AS u(c1, c2, c3) ON CONFLICT (\"entityid\") DO UPDATE SET \"timeinstant\" = EXCLUDED.\"timeinstant\", \"temp\" = EXCLUDED.\"temp\" WHERE EXCLUDED.\"timeinstant\" >= cur.\"timeinstant\" OR cur.\"timeinstant\" IS NULL RETURNING 1"
         );
         let no_ti = [COLS[0].clone(), COLS[2].clone()];
-        assert!(!write_statement(&t(), &no_ti, WriteMode::UpsertIfNewer, &["entityid".into()], false).contains("WHERE"));
+        assert!(!write_statement(
+            &t(),
+            &no_ti,
+            WriteMode::UpsertIfNewer,
+            &["entityid".into()],
+            false
+        )
+        .contains("WHERE"));
         assert!(write_statement(&t(), &COLS, WriteMode::Upsert, &["entityid".into(), "timeinstant".into()], false)
             .ends_with("ON CONFLICT (\"entityid\", \"timeinstant\") DO UPDATE SET \"temp\" = EXCLUDED.\"temp\" RETURNING 1"));
         assert!(!write_statement(&t(), &COLS, WriteMode::Insert, &[], true).contains("CONFLICT"));
@@ -217,15 +260,40 @@ mod tests {
 
     #[test]
     fn readable_statements_escape() {
-        let s = readable_insert(&t(), &[("a", Literal::Quoted("it's".into())), ("b", Literal::Bare("1.5".into())), ("c", Literal::Null)]);
-        assert_eq!(s, "INSERT INTO \"acme\".\"p_t_lastdata\" (\"a\",\"b\",\"c\") VALUES ('it''s', 1.5, NULL)");
-        let weird = TableRef { schema: "a\"b".into(), table: "t".into() };
-        assert_eq!(readable_delete(&weird, "x'y"), "DELETE FROM \"a\"\"b\".\"t\" WHERE \"entityid\" = 'x''y'");
+        let s = readable_insert(
+            &t(),
+            &[
+                ("a", Literal::Quoted("it's".into())),
+                ("b", Literal::Bare("1.5".into())),
+                ("c", Literal::Null),
+            ],
+        );
+        assert_eq!(
+            s,
+            "INSERT INTO \"acme\".\"p_t_lastdata\" (\"a\",\"b\",\"c\") VALUES ('it''s', 1.5, NULL)"
+        );
+        let weird = TableRef {
+            schema: "a\"b".into(),
+            table: "t".into(),
+        };
+        assert_eq!(
+            readable_delete(&weird, "x'y"),
+            "DELETE FROM \"a\"\"b\".\"t\" WHERE \"entityid\" = 'x''y'"
+        );
     }
 
     #[test]
     fn replay_check_compares_json_as_jsonb() {
-        let cols = [Col { name: "j", sql_type: "json" }, Col { name: "g", sql_type: "geometry(Point,4326)" }];
+        let cols = [
+            Col {
+                name: "j",
+                sql_type: "json",
+            },
+            Col {
+                name: "g",
+                sql_type: "geometry(Point,4326)",
+            },
+        ];
         assert_eq!(
             identical_row_exists(&t(), &cols),
             "SELECT EXISTS (SELECT 1 FROM \"acme\".\"p_t_lastdata\" WHERE \"j\"::jsonb IS NOT DISTINCT FROM $1::text::jsonb AND \"g\" IS NOT DISTINCT FROM $2::text::geometry(Point,4326))"

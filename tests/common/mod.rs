@@ -15,7 +15,11 @@ use tokio_postgres::{Client, NoTls};
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn repo() -> PathBuf {
@@ -28,9 +32,14 @@ pub fn tansu_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    let cache = std::env::var("NGSIFLOW_CACHE_DIR").unwrap_or_else(|_| format!("{home}/.cache/ngsiflow"));
+    let cache =
+        std::env::var("NGSIFLOW_CACHE_DIR").unwrap_or_else(|_| format!("{home}/.cache/ngsiflow"));
     let p = PathBuf::from(cache).join("tansu-0.6.0/bin/tansu");
-    assert!(p.exists(), "tansu not found at {} (run scripts/install-deps.sh)", p.display());
+    assert!(
+        p.exists(),
+        "tansu not found at {} (run scripts/install-deps.sh)",
+        p.display()
+    );
     p
 }
 
@@ -46,7 +55,15 @@ impl Broker {
         let addr = format!("127.0.0.1:{port}");
         let url = format!("tcp://{addr}");
         let child = Command::new(tansu_bin())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -76,7 +93,9 @@ pub struct TestDb {
 }
 
 pub async fn connect(url: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
     tokio::spawn(conn);
     client
 }
@@ -84,13 +103,23 @@ pub async fn connect(url: &str) -> Client {
 impl TestDb {
     pub async fn create(name: &str) -> Self {
         let admin = connect(PG_ADMIN_URL).await;
-        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.unwrap();
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
         let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
         let client = connect(&url).await;
         let ddl = std::fs::read_to_string(repo().join("scripts/sample-tables.sql")).unwrap();
         client.batch_execute(&ddl).await.unwrap();
-        TestDb { name: name.into(), url, client }
+        TestDb {
+            name: name.into(),
+            url,
+            client,
+        }
     }
 
     pub async fn count(&self, table: &str) -> i64 {
@@ -121,7 +150,12 @@ impl TestDb {
             .unwrap_or_default()
     }
 
-    pub async fn wait_error_rows(&self, service: &str, want: usize, timeout: Duration) -> Vec<(String, String)> {
+    pub async fn wait_error_rows(
+        &self,
+        service: &str,
+        want: usize,
+        timeout: Duration,
+    ) -> Vec<(String, String)> {
         let deadline = Instant::now() + timeout;
         loop {
             let rows = self.error_rows(service).await;
@@ -148,15 +182,35 @@ impl Worker {
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_ngsiflow"))
             .arg("run")
-            .args(["--brokers", broker, "--pg-url", pg_url, "--group", group, "--admin-addr", &admin])
-            .args(["--flows-dir", repo().join("flows").to_str().unwrap(), "--linger-ms", "50", "--kafka-stats-ms", "500"])
+            .args([
+                "--brokers",
+                broker,
+                "--pg-url",
+                pg_url,
+                "--group",
+                group,
+                "--admin-addr",
+                &admin,
+            ])
+            .args([
+                "--flows-dir",
+                repo().join("flows").to_str().unwrap(),
+                "--linger-ms",
+                "50",
+                "--kafka-stats-ms",
+                "500",
+            ])
             .args(extra)
             .env("NGSIFLOW_LOG_LEVEL", "debug")
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
             .expect("start worker");
-        Worker { child: Some(child), admin, log }
+        Worker {
+            child: Some(child),
+            admin,
+            log,
+        }
     }
 
     pub fn logs(&self) -> String {
@@ -165,7 +219,9 @@ impl Worker {
 
     fn signal(&self, sig: &str) {
         if let Some(c) = &self.child {
-            let _ = Command::new("kill").args([sig, &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
         }
     }
 
@@ -206,7 +262,11 @@ impl Worker {
             if status == 200 {
                 return;
             }
-            assert!(Instant::now() < deadline, "worker not ready: {status} {body}\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "worker not ready: {status} {body}\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -219,12 +279,21 @@ impl Drop for Worker {
 }
 
 /// Minimal HTTP/1.1 client for the admin server (one request per connection).
-pub async fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+pub async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
         return (0, String::new());
     };
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -236,8 +305,15 @@ pub async fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf).await;
     let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -262,16 +338,29 @@ impl TestProducer {
         self.send_to(topic, None, headers, value).await
     }
 
-    pub async fn send_to(&self, topic: &str, partition: Option<i32>, headers: &[(&str, &str)], value: &str) {
+    pub async fn send_to(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        headers: &[(&str, &str)],
+        value: &str,
+    ) {
         let mut h = OwnedHeaders::new();
         for (k, v) in headers {
-            h = h.insert(Header { key: k, value: Some(*v) });
+            h = h.insert(Header {
+                key: k,
+                value: Some(*v),
+            });
         }
         let mut r: FutureRecord<'_, (), str> = FutureRecord::to(topic).payload(value).headers(h);
         if let Some(p) = partition {
             r = r.partition(p);
         }
-        self.producer.send(r, Duration::from_secs(30)).await.map_err(|(e, _)| e).expect("produce");
+        self.producer
+            .send(r, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
     }
 
     pub fn flush(&self) {
@@ -283,7 +372,9 @@ impl TestProducer {
 pub async fn create_topics(broker: &str, topics: &[&str], partitions: i32) {
     let c = ngsiflow::kafka::client_config(broker, &[]);
     let names: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
-    ngsiflow::kafka::ensure_topics(&c, &names, partitions).await.unwrap();
+    ngsiflow::kafka::ensure_topics(&c, &names, partitions)
+        .await
+        .unwrap();
 }
 
 /// A notification with one entity per `(id, type, timeinstant, attrs)` tuple.
@@ -292,5 +383,8 @@ pub fn notification(entities: &[serde_json::Value]) -> String {
 }
 
 pub fn headers<'a>(service: &'a str, servicepath: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![("Fiware-Service", service), ("Fiware-Servicepath", servicepath)]
+    vec![
+        ("Fiware-Service", service),
+        ("Fiware-Servicepath", servicepath),
+    ]
 }
