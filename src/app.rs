@@ -104,6 +104,14 @@ pub async fn run(
     log: Arc<dyn LogControl>,
     cancel: CancellationToken,
 ) -> Result<(), AppError> {
+    // Signal handlers first: a SIGTERM during start-up must also end in an orderly exit.
+    let signals = cancel.clone();
+    let mut shutdown = Signals::install();
+    tokio::spawn(async move {
+        shutdown.recv().await;
+        tracing::info!("shutdown requested");
+        signals.cancel();
+    });
     let config = Arc::new(config);
     let args = &config.args;
     let names: Vec<String> = config.flows.iter().map(|f| f.name.clone()).collect();
@@ -172,13 +180,6 @@ pub async fn run(
             source,
         })?;
 
-    let signals = cancel.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutdown requested");
-        signals.cancel();
-    });
-
     let handles: Vec<_> = processors
         .into_iter()
         .map(|p| {
@@ -208,18 +209,25 @@ pub async fn run(
     }
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
+/// SIGINT and SIGTERM listeners, registered as soon as they are created.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Self {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        Self {
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
     }
 }

@@ -130,12 +130,13 @@ impl TestDb {
             .unwrap_or(-1)
     }
 
-    /// Polls `sql` (a single bigint/bool-returning query) until `ok` or timeout.
+    /// Polls the row count of `table` until it reaches at least `want` or `timeout` passes;
+    /// returns the last count (callers assert equality to catch over-delivery too).
     pub async fn wait_count(&self, table: &str, want: i64, timeout: Duration) -> i64 {
         let deadline = Instant::now() + timeout;
         loop {
             let n = self.count(table).await;
-            if n == want || Instant::now() > deadline {
+            if n >= want || Instant::now() > deadline {
                 return n;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
