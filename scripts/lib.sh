@@ -25,3 +25,13 @@ ensure_database() {
   fi
   psql "postgres://postgres@127.0.0.1:5432/$db" -q -v ON_ERROR_STOP=1 -f "$(dirname "${BASH_SOURCE[0]}")/sample-tables.sql" >/dev/null
 }
+
+# Prints the exact row count of every table outside public/system schemas of database URL $1.
+print_row_counts() {
+  psql "$1" -P pager=off -c "
+    SELECT table_schema || '.' || table_name AS \"table\",
+           (xpath('/row/n/text()', query_to_xml(format('SELECT count(*) AS n FROM %I.%I', table_schema, table_name), false, true, '')))[1]::text::bigint AS rows
+    FROM information_schema.tables
+    WHERE table_type = 'BASE TABLE' AND table_schema NOT IN ('pg_catalog', 'information_schema', 'public', 'topology', 'tiger', 'tiger_data')
+    ORDER BY 1"
+}

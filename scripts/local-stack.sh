@@ -82,15 +82,6 @@ log "producing samples"
 "$BIN" produce --brokers "$BROKER" ${COUNT:+--count "$COUNT"}
 sleep 2
 log "rows per table in database $DB:"
-psql "$PG_URL" -P pager=off -c "
-  SELECT schemaname || '.' || relname AS \"table\", n_live_tup AS rows
-  FROM pg_stat_user_tables WHERE schemaname NOT IN ('public', 'topology') ORDER BY 1" 2>/dev/null || true
-psql "$PG_URL" -P pager=off -tAc "SELECT 'exact counts: ' || string_agg(t || '=' || n, ', ' ORDER BY t) FROM (
-  SELECT 'city_sensor' t, count(*) n FROM demo.city_sensor UNION ALL
-  SELECT 'city_sensor_lastdata', count(*) FROM demo.city_sensor_lastdata UNION ALL
-  SELECT 'city_sensor_mutable', count(*) FROM demo.city_sensor_mutable UNION ALL
-  SELECT 'city_zone', count(*) FROM demo.city_zone UNION ALL
-  SELECT 'city_zone_lastdata', count(*) FROM demo.city_zone_lastdata UNION ALL
-  SELECT 'city_zone_mutable', count(*) FROM demo.city_zone_mutable) c"
+print_row_counts "$PG_URL"
 log "worker: http://$ADMIN/health  metrics: http://$ADMIN/metrics  logs: $RUN_DIR/worker.log"
 log "stop with: scripts/local-stack.sh stop"

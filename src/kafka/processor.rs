@@ -373,6 +373,18 @@ impl FlowProcessor {
             tracing::warn!(flow, service = %window.messages[f.message].service, offset = window.messages[f.message].offset, error = %f.error, "record sent to error log and dead letter");
         }
         self.commit(window);
+        tracing::debug!(
+            flow,
+            messages = window.messages.len(),
+            records = window.records,
+            written = outcome.written + window.connect_rows,
+            stale_ignored = outcome.stale_ignored,
+            deleted = outcome.deleted,
+            duplicate_replayed = outcome.duplicate_replayed,
+            error_logged = window.failures.len(),
+            statements = outcome.statements,
+            "window committed"
+        );
         let m = &self.metrics;
         m.records(flow, "written", outcome.written + window.connect_rows);
         m.records(flow, "stale_ignored", outcome.stale_ignored);
