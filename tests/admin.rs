@@ -39,29 +39,43 @@ async fn metrics_and_admin_endpoints_tell_the_truth() {
     let p = TestProducer::new(&broker.addr);
     let h = headers("demo", "/city");
     let ent = |id: &str, ts: &str| json!({"id": id, "type": "Sensor", "TimeInstant": {"type": "DateTime", "value": ts}});
-    for i in 0..3 {
-        p.send(
+    // Explicit partitions: both partitions of each topic get messages, and L1's two updates
+    // share one partition so their order (newer first, then a stale one) is kept.
+    let nope = json!({"id": "X", "type": "Nope", "TimeInstant": {"type": "DateTime", "value": "2026-01-01T00:00:00Z"}});
+    let delete = json!({"id": "L9", "type": "Sensor", "alterationType": {"type": "Text", "value": "entityDelete"}});
+    let sends: Vec<(&str, i32, String)> = vec![
+        (
             "raw_historic",
-            &h,
-            &notification(&[ent(&format!("H{i}"), "2026-01-01T00:00:00Z")]),
-        )
-        .await;
+            0,
+            notification(&[ent("H0", "2026-01-01T00:00:00Z")]),
+        ),
+        (
+            "raw_historic",
+            1,
+            notification(&[ent("H1", "2026-01-01T00:00:00Z")]),
+        ),
+        (
+            "raw_historic",
+            0,
+            notification(&[ent("H2", "2026-01-01T00:00:00Z")]),
+        ),
+        ("raw_historic", 0, "{broken".to_string()),
+        ("raw_historic", 1, notification(&[nope])),
+        (
+            "raw_lastdata",
+            0,
+            notification(&[ent("L1", "2026-01-01T00:00:02Z")]),
+        ),
+        (
+            "raw_lastdata",
+            0,
+            notification(&[ent("L1", "2026-01-01T00:00:01Z")]),
+        ),
+        ("raw_lastdata", 1, notification(&[delete])),
+    ];
+    for (topic, partition, value) in &sends {
+        p.send_to(topic, Some(*partition), &h, value).await;
     }
-    p.send("raw_historic", &h, "{broken").await;
-    p.send("raw_historic", &h, &notification(&[json!({"id": "X", "type": "Nope", "TimeInstant": {"type": "DateTime", "value": "2026-01-01T00:00:00Z"}})])).await;
-    p.send(
-        "raw_lastdata",
-        &h,
-        &notification(&[ent("L1", "2026-01-01T00:00:02Z")]),
-    )
-    .await;
-    p.send(
-        "raw_lastdata",
-        &h,
-        &notification(&[ent("L1", "2026-01-01T00:00:01Z")]),
-    )
-    .await;
-    p.send("raw_lastdata", &h, &notification(&[json!({"id": "L9", "type": "Sensor", "alterationType": {"type": "Text", "value": "entityDelete"}})])).await;
 
     // Wait until every message is accounted for and the lag gauges are back to 0.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -71,13 +71,20 @@ impl ClientContext for FlowContext {
             for (partition, p) in &t.partitions {
                 // -1 is librdkafka's internal "unassigned" partition; only partitions this
                 // consumer owns and has a lag for are exported.
-                if *partition < 0 || !p.desired || p.consumer_lag < 0 {
+                if *partition < 0 || !p.desired {
                     continue;
                 }
+                // librdkafka reports -1 until an offset is committed; a partition that never
+                // held a message has nothing to lag behind.
+                let lag = match p.consumer_lag {
+                    l if l >= 0 => l,
+                    _ if p.hi_offset == 0 => 0,
+                    _ => continue,
+                };
                 self.metrics
                     .consumer_lag
                     .with_label_values(&[&self.flow, topic, &partition.to_string()])
-                    .set(p.consumer_lag);
+                    .set(lag);
             }
         }
     }
