@@ -389,3 +389,42 @@ pub fn headers<'a>(service: &'a str, servicepath: &'a str) -> Vec<(&'a str, &'a 
         ("Fiware-Servicepath", servicepath),
     ]
 }
+
+/// A dashboard's panels as `(panel id, title, [PromQL expr])`.
+pub fn dashboard_queries(file: &str) -> (serde_json::Value, Vec<(u64, String, Vec<String>)>) {
+    let path = repo().join("monitoring/grafana/dashboards").join(file);
+    let d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
+    let panels = d["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let exprs = p["targets"]
+                .as_array()
+                .map(|t| {
+                    t.iter()
+                        .filter_map(|t| t["expr"].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (
+                p["id"].as_u64().unwrap_or(0),
+                p["title"].as_str().unwrap_or("").to_string(),
+                exprs,
+            )
+        })
+        .collect();
+    (d, panels)
+}
+
+/// Replaces Grafana's template variables with values Prometheus accepts: every custom variable
+/// with `.*` (the dashboards' "All"), `$__rate_interval` with `rate`, `$__range` with `range`.
+pub fn expand_grafana_vars(expr: &str, rate: &str, range: &str) -> String {
+    let e = expr
+        .replace("$__rate_interval", rate)
+        .replace("$__range", range)
+        .replace("$__interval", rate);
+    let re = regex::Regex::new(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?").unwrap();
+    re.replace_all(&e, ".*").to_string()
+}

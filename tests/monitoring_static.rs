@@ -1,0 +1,473 @@
+//! Static validation of what cannot run here (no Docker engine): compose fragments and their
+//! references, the Dockerfile, Grafana provisioning and dashboards (JSON, ids, datasource, every
+//! PromQL expression parsed by promtool), Prometheus config and alert rules (promtool check and
+//! unit tests), and the JMX exporter rules (patterns compile and produce the metric names the
+//! Kafka Connect dashboard uses).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use serde_yaml_ng::Value as Yaml;
+
+const FRAGMENTS: [&str; 4] = [
+    "docker-compose.kafka.yml",
+    "docker-compose.postgis.yml",
+    "docker-compose.ngsiflow.yml",
+    "docker-compose.monitoring.yml",
+];
+const DATASOURCE_UID: &str = "ngsiflow-prometheus";
+
+fn yaml(path: &Path) -> Yaml {
+    serde_yaml_ng::from_str(
+        &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn promtool(args: &[&str]) -> (bool, String) {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("promtool (scripts/install-deps.sh installs it)");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn env_defaults() -> BTreeMap<String, String> {
+    std::fs::read_to_string(repo().join("docker/.env"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && l.contains('='))
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap();
+            (k.trim().to_string(), v.trim().to_string())
+        })
+        .collect()
+}
+
+/// Every `${VAR}` / `${VAR:-default}` in a text.
+fn env_refs(text: &str) -> Vec<(String, bool)> {
+    let re = regex::Regex::new(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?-[^}]*)?\}").unwrap();
+    re.captures_iter(text)
+        .map(|c| (c[1].to_string(), c.get(2).is_some()))
+        .collect()
+}
+
+#[test]
+fn compose_fragments_parse_and_every_reference_exists() {
+    let docker = repo().join("docker");
+    let env = env_defaults();
+    let mut services: BTreeMap<String, Yaml> = BTreeMap::new();
+    let mut volumes: BTreeSet<String> = BTreeSet::new();
+    for f in FRAGMENTS {
+        let path = docker.join(f);
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (var, has_default) in env_refs(&text) {
+            assert!(
+                has_default || env.contains_key(&var),
+                "{f}: ${{{var}}} has no default and is not in docker/.env"
+            );
+        }
+        let doc = yaml(&path);
+        for (name, svc) in doc["services"].as_mapping().unwrap() {
+            let name = name.as_str().unwrap().to_string();
+            assert!(
+                services.insert(name.clone(), svc.clone()).is_none(),
+                "service {name} defined twice"
+            );
+        }
+        if let Some(v) = doc.get("volumes").and_then(Yaml::as_mapping) {
+            volumes.extend(v.keys().map(|k| k.as_str().unwrap().to_string()));
+        }
+    }
+    let expected: BTreeSet<&str> = [
+        "kafka",
+        "postgis",
+        "ngsiflow",
+        "jmx-agent-init",
+        "kafka-connect",
+        "kafka-exporter",
+        "postgres-exporter",
+        "prometheus",
+        "grafana",
+    ]
+    .into();
+    assert_eq!(
+        services.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+        expected
+    );
+    for (name, svc) in &services {
+        assert!(
+            svc.get("image").is_some(),
+            "{name}: image pinned and overridable"
+        );
+        let image = svc["image"].as_str().unwrap();
+        assert!(
+            image.starts_with("${") && image.contains(":-"),
+            "{name}: image {image} must be ${{VAR:-pinned}}"
+        );
+        let pinned = image.split(":-").nth(1).unwrap().trim_end_matches('}');
+        assert!(
+            pinned.contains(':') && !pinned.ends_with(":latest"),
+            "{name}: {pinned} pinned to a version"
+        );
+        if let Some(vs) = svc.get("volumes").and_then(Yaml::as_sequence) {
+            for v in vs {
+                let spec = v.as_str().unwrap();
+                let src = spec.split(':').next().unwrap();
+                if src.starts_with('.') {
+                    assert!(
+                        docker.join(src).exists(),
+                        "{name}: bind mount source {src} (relative to docker/) exists"
+                    );
+                } else {
+                    assert!(volumes.contains(src), "{name}: named volume {src} declared");
+                }
+            }
+        }
+        if let Some(deps) = svc.get("depends_on").and_then(Yaml::as_mapping) {
+            for (dep, cond) in deps {
+                let dep = dep.as_str().unwrap();
+                let target = services
+                    .get(dep)
+                    .unwrap_or_else(|| panic!("{name} depends on unknown {dep}"));
+                match cond["condition"].as_str().unwrap() {
+                    "service_healthy" => assert!(
+                        target.get("healthcheck").is_some(),
+                        "{name} waits for {dep}, which needs a healthcheck"
+                    ),
+                    "service_completed_successfully" => assert_eq!(
+                        target["restart"].as_str(),
+                        Some("no"),
+                        "{dep} is a one-shot"
+                    ),
+                    other => panic!("{name}: unexpected condition {other}"),
+                }
+            }
+        }
+        let monitoring = svc.get("profiles").is_some();
+        let core = ["kafka", "postgis", "ngsiflow"].contains(&name.as_str());
+        assert_eq!(
+            !monitoring, core,
+            "{name}: only the monitoring services are in the monitoring profile"
+        );
+    }
+    for waited in [
+        "kafka",
+        "postgis",
+        "ngsiflow",
+        "prometheus",
+        "grafana",
+        "kafka-connect",
+    ] {
+        assert!(
+            services[waited].get("healthcheck").is_some(),
+            "{waited} has a healthcheck"
+        );
+    }
+    // The JMX agent is really attached: -javaagent points into the volume the init container fills,
+    // with the rules file that is mounted from monitoring/jmx.
+    let connect = &services["kafka-connect"];
+    let opts = connect["environment"]["KAFKA_OPTS"].as_str().unwrap();
+    assert!(opts.contains("-javaagent:/opt/jmx/jmx_prometheus_javaagent.jar=9404:/opt/jmx-config/kafka-connect.yml"), "{opts}");
+    let mounts: Vec<&str> = connect["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(mounts.contains(&"jmx-agent:/opt/jmx:ro"));
+    assert!(mounts
+        .contains(&"../monitoring/jmx/kafka-connect.yml:/opt/jmx-config/kafka-connect.yml:ro"));
+    let init = std::fs::read_to_string(docker.join("fetch-jmx-agent.sh")).unwrap();
+    assert!(
+        init.contains("DEST=/opt/jmx/jmx_prometheus_javaagent.jar")
+            && init.contains("sha1sum -c")
+            && init.contains("sha256sum -c")
+    );
+    // kafka-exporter is configured by its real flags.
+    let args: Vec<&str> = services["kafka-exporter"]["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for a in &args {
+        let flag = a.split('=').next().unwrap();
+        assert!(
+            [
+                "--kafka.server",
+                "--web.listen-address",
+                "--topic.filter",
+                "--group.filter"
+            ]
+            .contains(&flag),
+            "{a}"
+        );
+    }
+    // Prometheus and Grafana mount exactly the files the repository ships.
+    assert!(services["prometheus"]["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|v| v.as_str() == Some("../monitoring/prometheus:/etc/prometheus:ro")));
+
+    // The root override: every service exists, ports on 127.0.0.1 only, no relative paths.
+    let ov = yaml(&repo().join("docker-compose.override.yml"));
+    for (name, svc) in ov["services"].as_mapping().unwrap() {
+        let name = name.as_str().unwrap();
+        assert!(
+            services.contains_key(name),
+            "override names unknown service {name}"
+        );
+        for p in svc["ports"].as_sequence().unwrap() {
+            assert!(
+                p.as_str().unwrap().starts_with("127.0.0.1:"),
+                "{name}: {p:?} must bind loopback"
+            );
+        }
+        assert!(
+            svc.get("volumes").is_none(),
+            "{name}: no paths in the override"
+        );
+    }
+    // docker-up/down use every fragment and the override.
+    let files = std::fs::read_to_string(docker.join("compose-files.sh")).unwrap();
+    for f in FRAGMENTS
+        .iter()
+        .chain(["../docker-compose.override.yml"].iter())
+    {
+        assert!(
+            files.contains(&format!("-f {f}")),
+            "compose-files.sh passes {f}"
+        );
+    }
+    let on_disk: BTreeSet<String> = std::fs::read_dir(&docker)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("docker-compose.") && n.ends_with(".yml"))
+        .collect();
+    assert_eq!(on_disk, FRAGMENTS.iter().map(|s| s.to_string()).collect());
+    for script in ["docker-up.sh", "docker-down.sh"] {
+        let out = Command::new("bash")
+            .args(["-n", docker.join(script).to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script} parses");
+    }
+}
+
+#[test]
+fn dockerfile_builds_small_non_root_image_with_healthcheck() {
+    let text = std::fs::read_to_string(repo().join("docker/Dockerfile")).unwrap();
+    assert!(
+        text.matches("\nFROM ").count() >= 2 || text.matches("FROM ").count() >= 2,
+        "multi-stage"
+    );
+    assert!(text.contains("cargo build --release --locked"));
+    assert!(text.contains("-slim AS runtime"));
+    assert!(text.contains("USER 10001"));
+    assert!(text.contains("HEALTHCHECK") && text.contains("/health"));
+    assert!(
+        text.contains("COPY flows /etc/ngsiflow/flows")
+            && text.contains("NGSIFLOW_FLOWS_DIR=/etc/ngsiflow/flows")
+    );
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
+        for src in line
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .split_last()
+            .unwrap()
+            .1
+        {
+            assert!(repo().join(src).exists(), "COPY source {src} exists");
+        }
+    }
+}
+
+#[test]
+fn prometheus_config_and_alert_rules_pass_promtool() {
+    let (ok, out) = promtool(&["check", "config", "monitoring/prometheus/prometheus.yml"]);
+    assert!(ok, "{out}");
+    let (ok, out) = promtool(&["check", "rules", "monitoring/prometheus/rules/ngsiflow.yml"]);
+    assert!(ok && out.contains("SUCCESS: 6 rules found"), "{out}");
+    let (ok, out) = promtool(&[
+        "test",
+        "rules",
+        "monitoring/prometheus/tests/ngsiflow_test.yml",
+    ]);
+    assert!(ok && out.contains("SUCCESS"), "{out}");
+    let rules = yaml(&repo().join("monitoring/prometheus/rules/ngsiflow.yml"));
+    let alerts: BTreeSet<&str> = rules["groups"][0]["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| r["alert"].as_str().unwrap())
+        .collect();
+    let tests =
+        std::fs::read_to_string(repo().join("monitoring/prometheus/tests/ngsiflow_test.yml"))
+            .unwrap();
+    for a in alerts {
+        assert!(
+            tests.contains(&format!("alertname: {a}")),
+            "alert {a} has a unit test"
+        );
+    }
+}
+
+#[test]
+fn dashboards_are_valid_and_every_query_parses() {
+    let prov = yaml(&repo().join("monitoring/grafana/provisioning/datasources/prometheus.yml"));
+    assert_eq!(prov["datasources"][0]["uid"].as_str(), Some(DATASOURCE_UID));
+    let dprov = yaml(&repo().join("monitoring/grafana/provisioning/dashboards/ngsiflow.yml"));
+    assert_eq!(
+        dprov["providers"][0]["options"]["path"].as_str(),
+        Some("/var/lib/grafana/dashboards"),
+        "matches the compose mount"
+    );
+    let mut rules = String::from("groups:\n  - name: dashboards\n    rules:\n");
+    let mut n = 0;
+    let mut uids = BTreeSet::new();
+    for file in [
+        "ngsiflow-flows.json",
+        "kafka.json",
+        "kafka-connect.json",
+        "postgresql.json",
+    ] {
+        let (d, panels) = dashboard_queries(file);
+        assert!(
+            uids.insert(d["uid"].as_str().unwrap().to_string()),
+            "{file}: unique uid"
+        );
+        let ids: BTreeSet<u64> = panels.iter().map(|p| p.0).collect();
+        assert_eq!(ids.len(), panels.len(), "{file}: unique panel ids");
+        assert!(!ids.contains(&0));
+        for p in d["panels"].as_array().unwrap() {
+            assert_eq!(
+                p["datasource"]["uid"], DATASOURCE_UID,
+                "{file} {}",
+                p["title"]
+            );
+            for t in p["targets"].as_array().unwrap() {
+                assert_eq!(
+                    t["datasource"]["uid"], DATASOURCE_UID,
+                    "{file} {}",
+                    p["title"]
+                );
+            }
+        }
+        for v in d["templating"]["list"].as_array().unwrap() {
+            assert_eq!(v["datasource"]["uid"], DATASOURCE_UID);
+        }
+        for (_, title, exprs) in &panels {
+            assert!(!exprs.is_empty(), "{file}: panel {title} has a query");
+            for e in exprs {
+                n += 1;
+                let e = expand_grafana_vars(e, "1m", "1h");
+                rules.push_str(&format!(
+                    "      - record: dashboard:q{n}\n        expr: {}\n",
+                    serde_json::to_string(&e).unwrap()
+                ));
+            }
+        }
+    }
+    let path = std::env::temp_dir().join("ngsiflow-dashboard-queries.yml");
+    std::fs::write(&path, rules).unwrap();
+    let (ok, out) = promtool(&["check", "rules", path.to_str().unwrap()]);
+    assert!(
+        ok && out.contains(&format!("SUCCESS: {n} rules found")),
+        "{out}"
+    );
+}
+
+/// Applies the first matching JMX exporter rule to one MBean line, as the agent does:
+/// `$n` substituted, lower-cased (lowercaseOutputName) and invalid characters turned into `_`.
+fn jmx_name(rules: &[(regex::Regex, String)], line: &str) -> Option<String> {
+    let (re, name) = rules.iter().find(|(re, _)| re.is_match(line))?;
+    let caps = re.captures(line)?;
+    let mut out = name.clone();
+    for i in (1..caps.len()).rev() {
+        out = out.replace(&format!("${i}"), caps.get(i).map_or("", |m| m.as_str()));
+    }
+    Some(
+        out.to_lowercase()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn jmx_rules_compile_and_export_what_the_connect_dashboard_uses() {
+    let doc = yaml(&repo().join("monitoring/jmx/kafka-connect.yml"));
+    assert_eq!(doc["lowercaseOutputName"].as_bool(), Some(true));
+    let rules: Vec<(regex::Regex, String)> = doc["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let p = r["pattern"].as_str().unwrap();
+            (
+                regex::Regex::new(p).unwrap_or_else(|e| panic!("pattern {p}: {e}")),
+                r["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    // MBean attribute lines as the agent renders them from a Connect worker with one sink.
+    let lines = [
+        "kafka.connect<type=connector-metrics, connector=pg-sink><>status: running",
+        "kafka.connect<type=connector-task-metrics, connector=pg-sink, task=0><>status: failed",
+        "kafka.connect<type=sink-task-metrics, connector=pg-sink, task=0><>put-batch-avg-time-ms: 12.5",
+        "kafka.connect<type=sink-task-metrics, connector=pg-sink, task=0><>put-batch-max-time-ms: 40.0",
+        "kafka.connect<type=sink-task-metrics, connector=pg-sink, task=0><>sink-record-read-total: 1000.0",
+        "kafka.connect<type=sink-task-metrics, connector=pg-sink, task=0><>sink-record-send-total: 990.0",
+        "kafka.connect<type=task-error-metrics, connector=pg-sink, task=0><>total-record-errors: 10.0",
+        "kafka.connect<type=task-error-metrics, connector=pg-sink, task=0><>total-record-failures: 3.0",
+        "kafka.connect<type=task-error-metrics, connector=pg-sink, task=0><>deadletterqueue-produce-requests: 10.0",
+        "kafka.connect<type=connect-worker-metrics><>connector-count: 1.0",
+        "kafka.connect<type=connect-worker-metrics><>task-count: 1.0",
+        "kafka.connect<type=connect-worker-metrics, connector=pg-sink><>connector-failed-task-count: 0.0",
+    ];
+    let exported: BTreeSet<String> = lines
+        .iter()
+        .map(|l| jmx_name(&rules, l).unwrap_or_else(|| panic!("no rule matches {l}")))
+        .collect();
+    let (_, panels) = dashboard_queries("kafka-connect.json");
+    let re = regex::Regex::new(r"kafka_connect_[a-z_]+").unwrap();
+    for (_, title, exprs) in panels {
+        for e in exprs {
+            for m in re.find_iter(&e) {
+                assert!(
+                    exported.contains(m.as_str()),
+                    "panel {title}: {} is not exported by the JMX rules ({exported:?})",
+                    m.as_str()
+                );
+            }
+        }
+    }
+    assert_eq!(
+        jmx_name(&rules, lines[0]).unwrap(),
+        "kafka_connect_connector_state"
+    );
+}
