@@ -137,6 +137,9 @@ pub async fn run(
             .set("auto.offset.reset", "earliest")
             .set("statistics.interval.ms", args.kafka_stats_ms.to_string())
             .set("topic.metadata.refresh.interval.ms", "10000")
+            // Bounded prefetch per flow (librdkafka's default is 64 MiB per consumer); a
+            // window never needs more than a few MiB, and -X can raise it.
+            .set("queued.max.messages.kbytes", "16384")
             .set("client.id", format!("ngsiflow-{}", spec.name));
         for (k, v) in &args.kafka_config {
             c.set(k, v);

@@ -1,0 +1,132 @@
+//! Start-up validation (exit code 2 naming the key), the `errors` flow (Kafka Connect dead
+//! letters into the tenant's error log) and failed lastdata deletes being logged.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+#[test]
+fn invalid_configuration_exits_2_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("ngsiflow-badflows-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("historic.toml"),
+        "name = \"historic\"\nwrite_mode = \"insert\"\nbatch = 3\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ngsiflow"))
+        .args(["run", "--flows-dir", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("historic.toml") && err.contains("batch"),
+        "{err}"
+    );
+
+    std::fs::write(
+        dir.join("historic.toml"),
+        "name = \"historic\"\nwrite_mode = \"upsert\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ngsiflow"))
+        .args(["run", "--flows-dir", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("key `key_columns`"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_ngsiflow"))
+        .args(["run", "--batch-size", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--batch-size"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_ngsiflow"))
+        .args([
+            "run",
+            "--flows",
+            "nope",
+            "--flows-dir",
+            repo().join("flows").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--flows: unknown flow \"nope\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_dead_letters_and_failed_deletes_reach_the_error_log() {
+    let broker = Broker::start();
+    let db = TestDb::create("ngsiflow_t_errors").await;
+    create_topics(&broker.addr, &["smc_raw_errors", "smc_raw_lastdata"], 1).await;
+    let p = TestProducer::new(&broker.addr);
+    p.send(
+        "smc_raw_errors",
+        &[
+            ("__connect.errors.topic", "smc_acme_lastdata_processed"),
+            (
+                "__connect.errors.exception.message",
+                "ERROR: null value in column \"status\" violates not-null constraint",
+            ),
+            ("__connect.errors.stage", "TASK_PUT"),
+        ],
+        r#"{"entityid":"Bay:17"}"#,
+    )
+    .await;
+    p.send(
+        "smc_raw_lastdata",
+        &headers("demo", "/city"),
+        &notification(&[json!({"id": "Z1", "type": "Nope", "alterationType": {"type": "Text", "value": "entityDelete"}})]),
+    )
+    .await;
+    let w = Worker::start(
+        &broker.addr,
+        &db.url,
+        "errors",
+        &["--flows", "errors,lastdata", "--topic-prefix", "smc_"],
+    );
+    let acme = db.wait_error_rows("acme", 1, Duration::from_secs(60)).await;
+    assert_eq!(
+        acme,
+        vec![(
+            "ERROR: null value in column \"status\" violates not-null constraint".to_string(),
+            r#"{"entityid":"Bay:17"}"#.to_string()
+        )],
+        "{}",
+        w.logs()
+    );
+    let demo = db.wait_error_rows("demo", 1, Duration::from_secs(60)).await;
+    assert_eq!(
+        demo,
+        vec![(
+            "table \"demo\".\"city_nope_lastdata\" does not exist".to_string(),
+            "DELETE FROM \"demo\".\"city_nope_lastdata\" WHERE \"entityid\" = 'Z1'".to_string()
+        )]
+    );
+    // The prefixed dead-letter topic exists and got the failed delete, not the Connect record.
+    // (metrics are updated once the dead letters are acknowledged, just after the commit)
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let (_, m) = w.get("/metrics").await;
+        if m.contains("ngsiflow_dead_letter_total{flow=\"lastdata\"} 1")
+            || std::time::Instant::now() > deadline
+        {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        metrics.contains("ngsiflow_dead_letter_total{flow=\"lastdata\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("ngsiflow_dead_letter_total{flow=\"errors\"} 0"));
+    assert!(metrics.contains("ngsiflow_records_total{flow=\"errors\",outcome=\"written\"} 1"));
+}
