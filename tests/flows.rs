@@ -564,3 +564,78 @@ async fn consume_all(
     });
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_changes_are_picked_up_without_restart() {
+    let broker = Broker::start();
+    let db = TestDb::create("ngsiflow_t_schema").await;
+    create_topics(&broker.addr, &["raw_historic"], 1).await;
+    let worker = Worker::start(&broker.addr, &db.url, "schema", &["--flows", "historic"]);
+    worker.wait_ready(T).await;
+    let p = TestProducer::new(&broker.addr);
+    let h = headers("demo", "/city");
+    let msg = |id: &str, attr: serde_json::Value| {
+        let mut e = json!({"id": id, "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:00Z")});
+        for (k, v) in attr.as_object().unwrap() {
+            e[k] = v.clone();
+        }
+        notification(&[e])
+    };
+    // cache the table's metadata, then fail on a column it does not have
+    p.send(
+        "raw_historic",
+        &h,
+        &msg("A", json!({"count": {"type": "Integer", "value": 1}})),
+    )
+    .await;
+    p.send(
+        "raw_historic",
+        &h,
+        &msg("B", json!({"humidity": {"type": "Number", "value": 40}})),
+    )
+    .await;
+    assert_eq!(db.wait_error_rows("demo", 1, T).await.len(), 1);
+    // the column is added: the next record with it lands
+    db.client
+        .batch_execute("ALTER TABLE demo.city_sensor ADD COLUMN humidity double precision")
+        .await
+        .unwrap();
+    p.send(
+        "raw_historic",
+        &h,
+        &msg("C", json!({"humidity": {"type": "Number", "value": 41}})),
+    )
+    .await;
+    // a column changes type: a value that fits only the new type lands too
+    db.client
+        .batch_execute("ALTER TABLE demo.city_sensor ALTER COLUMN count TYPE text")
+        .await
+        .unwrap();
+    p.send(
+        "raw_historic",
+        &h,
+        &msg("D", json!({"count": {"type": "Text", "value": "many"}})),
+    )
+    .await;
+    assert_eq!(
+        db.wait_count("demo.city_sensor", 3, T).await,
+        3,
+        "{}",
+        worker.logs()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ids: Vec<String> = db
+        .client
+        .query("SELECT entityid FROM demo.city_sensor ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, ["A", "C", "D"]);
+    assert_eq!(
+        db.error_rows("demo").await.len(),
+        1,
+        "only the record sent before the column existed failed"
+    );
+}

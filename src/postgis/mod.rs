@@ -16,7 +16,7 @@ pub mod sql;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::types::{ToSql, Type};
@@ -33,6 +33,9 @@ use sql::{Col, Literal};
 const MAX_ERROR_CHARS: usize = 4000;
 /// Longest readable statement stored in the error log.
 const MAX_QUERY_CHARS: usize = 8000;
+/// How long a table's cached column types are trusted before they are read again (besides the
+/// immediate refresh on an unknown column, a bind failure or a stale-metadata SQLSTATE).
+const METADATA_TTL: Duration = Duration::from_secs(60);
 /// Prepared statements kept per connection before the cache is reset.
 const MAX_CACHED_STATEMENTS: usize = 512;
 
@@ -109,7 +112,7 @@ pub struct WindowOutcome {
 pub struct Sink {
     url: String,
     client: Option<Client>,
-    meta: HashMap<TableRef, Arc<TableMeta>>,
+    meta: HashMap<TableRef, (Instant, Arc<TableMeta>)>,
     statements: HashMap<String, Statement>,
     ensured_error_logs: HashSet<TableRef>,
     connect_timeout: Duration,
@@ -218,7 +221,7 @@ impl Sink {
             out: &mut out,
         };
         for group in plan(spec, items) {
-            let failures = w.write_group(&mut tx, items, &group).await?;
+            let failures = w.write_group(&mut tx, items, &group, true).await?;
             for f in failures {
                 if let Some(table) = &items[f.item].error_log {
                     log_rows.push(ErrorLogRow {
@@ -315,7 +318,7 @@ pub fn plan(spec: &FlowSpec, items: &[WriteItem]) -> Vec<Group> {
 }
 
 struct Writer<'a> {
-    meta: &'a mut HashMap<TableRef, Arc<TableMeta>>,
+    meta: &'a mut HashMap<TableRef, (Instant, Arc<TableMeta>)>,
     statements: &'a mut HashMap<String, Statement>,
     spec: &'a FlowSpec,
     out: &'a mut WindowOutcome,
@@ -335,8 +338,10 @@ impl Writer<'_> {
         refresh: bool,
     ) -> Result<Option<Arc<TableMeta>>, TransientError> {
         if !refresh {
-            if let Some(m) = self.meta.get(table) {
-                return Ok(Some(m.clone()));
+            if let Some((at, m)) = self.meta.get(table) {
+                if at.elapsed() < METADATA_TTL {
+                    return Ok(Some(m.clone()));
+                }
             }
         }
         let rows = tx
@@ -366,7 +371,7 @@ impl Writer<'_> {
         if self.meta.len() > 10_000 {
             self.meta.clear();
         }
-        self.meta.insert(table.clone(), m.clone());
+        self.meta.insert(table.clone(), (Instant::now(), m.clone()));
         Ok(Some(m))
     }
 
@@ -428,6 +433,7 @@ impl Writer<'_> {
         tx: &mut Transaction<'_>,
         items: &[WriteItem],
         group: &Group,
+        may_refresh: bool,
     ) -> Result<Vec<ItemFailure>, TransientError> {
         let fail_all = |message: &str, failures: &mut Vec<ItemFailure>| {
             for &i in &group.items {
@@ -439,7 +445,8 @@ impl Writer<'_> {
             }
         };
         let mut failures = Vec::new();
-        let mut refreshed = false;
+        // At most one metadata refresh per group: a second stale-looking error is the row's own.
+        let mut refreshed = !may_refresh;
         let mut meta = match self.table_meta(tx, &group.target, false).await? {
             Some(m) => m,
             None => {
@@ -497,6 +504,12 @@ impl Writer<'_> {
         for &i in &group.items {
             match bind_row(&items[i].op, &group.columns, &meta) {
                 Ok(row) => bound.push((i, row)),
+                Err(_) if !refreshed => {
+                    // The value may fit the column's current type if the table was altered
+                    // since its metadata was cached: re-read it once before blaming the row.
+                    self.meta.remove(&group.target);
+                    return Box::pin(self.write_group(tx, items, group, false)).await;
+                }
                 Err(e) => failures.push(ItemFailure {
                     item: i,
                     error: format!("ERROR: {e}"),
@@ -518,12 +531,7 @@ impl Writer<'_> {
             RowsResult::Failed(e) if is_stale_metadata(&e) && !refreshed => {
                 // The table changed under us: reload its metadata and retry the group once.
                 self.meta.remove(&group.target);
-                return Box::pin(self.write_group(tx, items, group))
-                    .await
-                    .map(|mut f| {
-                        failures.append(&mut f);
-                        failures
-                    });
+                return Box::pin(self.write_group(tx, items, group, false)).await;
             }
             RowsResult::Failed(_) if rows.len() > 1 => {
                 for row in rows {
