@@ -56,6 +56,7 @@ t1=$(date +%s.%N)
 written=$(metric_sum ngsiflow_records_total 'outcome="written"')
 stale=$(metric_sum ngsiflow_records_total 'outcome="stale_ignored"')
 errors=$(metric_sum ngsiflow_records_total 'outcome="error_logged"')
+cpu=$(curl -s "http://$ADMIN/metrics" | awk '/^process_cpu_seconds_total/ {print $2}')
 secs=$(echo "$t1 - $t0" | bc -l)
 msgs=$((TOTAL - c0))
 report=$(cat <<REPORT
@@ -66,7 +67,7 @@ notifications: $N per flow x 3 flows = $TOTAL (one entity each, 1000 entities pe
 measured window: $msgs notifications in $(printf %.2f "$secs") s (from the first handled message)
 throughput: $(printf %.0f "$(echo "$msgs / $secs" | bc -l)") notifications/s
 rows written: $written ($(printf %.0f "$(echo "$written / $secs" | bc -l)") rows/s), stale ignored: $stale, errors: $errors
-peak worker RSS: $((peak_rss / 1024)) MiB
+peak worker RSS: $((peak_rss / 1024)) MiB, worker CPU: $(printf %.1f "$cpu") s (the rest of the 2 cores went to PostgreSQL and the broker)
 REPORT
 )
 echo "$report" | tee "$OUT/report.md"

@@ -237,31 +237,67 @@ impl Metrics {
         seconds: f64,
         at: DateTime<Utc>,
     ) {
-        let tenant = self.tenant_label(service);
-        let result = if ok { "success" } else { "error" };
-        self.messages_processed.with_label_values(&[flow]).inc();
-        self.by_service
-            .with_label_values(&[flow, &tenant, result])
-            .inc();
+        self.messages_done(flow, [(service, ok, seconds)], at);
+    }
+
+    /// Records the input messages of one committed window: `(service, ok, seconds)` each.
+    /// Label look-ups and locks are taken once per window and tenant, not per message.
+    pub fn messages_done<'a, I>(&self, flow: &str, messages: I, at: DateTime<Utc>)
+    where
+        I: IntoIterator<Item = (&'a str, bool, f64)>,
+    {
+        let histogram = self.processing_duration.with_label_values(&[flow]);
+        let mut per_tenant: Vec<(&'a str, u64, u64)> = Vec::new();
+        let (mut total, mut success, mut sum, mut last) = (0u64, 0u64, 0.0f64, 0.0f64);
+        for (service, ok, seconds) in messages {
+            histogram.observe(seconds);
+            match per_tenant.iter_mut().find(|(s, _, _)| *s == service) {
+                Some(t) => {
+                    if ok {
+                        t.1 += 1
+                    } else {
+                        t.2 += 1
+                    }
+                }
+                None => per_tenant.push((service, u64::from(ok), u64::from(!ok))),
+            }
+            total += 1;
+            success += u64::from(ok);
+            sum += seconds;
+            last = seconds;
+        }
+        if total == 0 {
+            return;
+        }
+        self.messages_processed
+            .with_label_values(&[flow])
+            .inc_by(total);
         self.processing_time_last
             .with_label_values(&[flow])
-            .set(seconds);
-        self.processing_duration
-            .with_label_values(&[flow])
-            .observe(seconds);
+            .set(last);
+        for (service, ok, err) in per_tenant {
+            let tenant = self.tenant_label(service);
+            if ok > 0 {
+                self.by_service
+                    .with_label_values(&[flow, &tenant, "success"])
+                    .inc_by(ok);
+            }
+            if err > 0 {
+                self.by_service
+                    .with_label_values(&[flow, &tenant, "error"])
+                    .inc_by(err);
+            }
+        }
         let mut s = self.summary.lock().expect("metrics lock");
         let e = s.entry(flow.to_string()).or_insert_with(|| FlowSummary {
             flow: flow.to_string(),
             ..FlowSummary::default()
         });
-        e.total_events += 1;
-        if ok {
-            e.success_events += 1;
-        } else {
-            e.error_events += 1;
-        }
-        e.sum_duration += seconds;
-        e.last_duration_seconds = round6(seconds);
+        e.total_events += total;
+        e.success_events += success;
+        e.error_events += total - success;
+        e.sum_duration += sum;
+        e.last_duration_seconds = round6(last);
         e.avg_duration_seconds = round6(e.sum_duration / e.total_events as f64);
         e.last_processed_at = Some(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
     }

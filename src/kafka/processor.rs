@@ -51,13 +51,16 @@ pub struct FlowProcessor {
 
 /// An input message held in the current window.
 struct Held {
-    partition: i32,
-    offset: i64,
+    /// The record as received (kept whole for its dead-letter copy; never copied again).
+    msg: OwnedMessage,
     received: Instant,
     service: String,
-    key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
-    headers: Vec<(String, Vec<u8>)>,
+    failed: bool,
+}
+
+/// What decoding learnt about a message.
+struct Decoded {
+    service: String,
     failed: bool,
 }
 
@@ -122,7 +125,7 @@ impl FlowProcessor {
         let mut held: VecDeque<OwnedMessage> = VecDeque::new();
         loop {
             if let Some(m) = held.pop_front() {
-                self.add(&mut window, &m);
+                self.add(&mut window, m);
             } else {
                 let deadline = window
                     .opened
@@ -141,7 +144,7 @@ impl FlowProcessor {
                         Ok(m) => {
                             let owned = m.detach();
                             drop(m);
-                            self.add(&mut window, &owned);
+                            self.add(&mut window, owned);
                         }
                         Err(e) => {
                             tracing::warn!(flow = %self.spec.name, error = %e, "kafka consumer error");
@@ -178,34 +181,37 @@ impl FlowProcessor {
     }
 
     /// Decodes and transforms one message into the window.
-    fn add(&self, window: &mut Window, m: &OwnedMessage) {
-        let headers: Vec<(String, Vec<u8>)> = m
+    fn add(&self, window: &mut Window, m: OwnedMessage) {
+        let now = Utc::now();
+        let index = window.messages.len();
+        let (service, failed) = self.decode_into(window, &m, index, now);
+        window.messages.push(Held {
+            msg: m,
+            received: Instant::now(),
+            service,
+            failed,
+        });
+    }
+
+    /// Decodes and transforms one message into the window's items and failures; returns the
+    /// message's tenant and whether any of its records failed.
+    fn decode_into(
+        &self,
+        window: &mut Window,
+        m: &OwnedMessage,
+        index: usize,
+        now: chrono::DateTime<Utc>,
+    ) -> (String, bool) {
+        let pairs: Vec<(&str, &[u8])> = m
             .headers()
             .map(|h| {
                 h.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_string(),
-                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                        )
-                    })
+                    .map(|h| (h.key, h.value.unwrap_or_default()))
                     .collect()
             })
             .unwrap_or_default();
-        let pairs: Vec<(&str, &[u8])> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_slice()))
-            .collect();
-        let now = Utc::now();
-        let index = window.messages.len();
-        let mut held = Held {
-            partition: m.partition(),
-            offset: m.offset(),
-            received: Instant::now(),
+        let mut held = Decoded {
             service: String::new(),
-            key: m.key().map(<[u8]>::to_vec),
-            payload: m.payload().map(<[u8]>::to_vec),
-            headers: headers.clone(),
             failed: false,
         };
         window.opened.get_or_insert_with(Instant::now);
@@ -232,8 +238,7 @@ impl FlowProcessor {
                     });
                 }
             }
-            window.messages.push(held);
-            return;
+            return (held.service, held.failed);
         }
         match decode(m.payload(), &pairs) {
             Err(e) => {
@@ -248,7 +253,7 @@ impl FlowProcessor {
             }
             Ok(n) => {
                 held.service = n.headers.service.clone();
-                let log = error_log_table(&n.headers.service).ok();
+                let log = error_log_table(&n.headers.service).ok().map(Arc::new);
                 for r in transform(&self.spec, &n, now, &self.transform) {
                     window.records += 1;
                     match r {
@@ -280,7 +285,7 @@ impl FlowProcessor {
                 }
             }
         }
-        window.messages.push(held);
+        (held.service, held.failed)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -370,7 +375,7 @@ impl FlowProcessor {
             .with_label_values(&[flow])
             .inc_by(letters.len() as u64);
         for f in &window.failures {
-            tracing::warn!(flow, service = %window.messages[f.message].service, offset = window.messages[f.message].offset, error = %f.error, "record sent to error log and dead letter");
+            tracing::warn!(flow, service = %window.messages[f.message].service, offset = window.messages[f.message].msg.offset(), error = %f.error, "record sent to error log and dead letter");
         }
         self.commit(window);
         tracing::debug!(
@@ -392,15 +397,17 @@ impl FlowProcessor {
         m.records(flow, "duplicate_replayed", outcome.duplicate_replayed);
         m.records(flow, "error_logged", window.failures.len() as u64);
         let now = Utc::now();
-        for h in &window.messages {
-            m.message_done(
-                flow,
-                &h.service,
-                !h.failed,
-                h.received.elapsed().as_secs_f64(),
-                now,
-            );
-        }
+        m.messages_done(
+            flow,
+            window.messages.iter().map(|h| {
+                (
+                    h.service.as_str(),
+                    !h.failed,
+                    h.received.elapsed().as_secs_f64(),
+                )
+            }),
+            now,
+        );
         *window = Window::default();
         true
     }
@@ -473,23 +480,34 @@ impl FlowProcessor {
     }
 
     fn dead_letter(&self, window: &Window, f: &Failure) -> DeadLetter {
-        let h = &window.messages[f.message];
-        let value = match (f.entity_index, &h.payload) {
-            (Some(i), Some(p)) => reduce_to_entity(p, i).or_else(|| Some(p.clone())),
-            (_, p) => p.clone(),
+        let m = &window.messages[f.message].msg;
+        let payload = m.payload();
+        let value = match (f.entity_index, payload) {
+            (Some(i), Some(p)) => reduce_to_entity(p, i).or_else(|| Some(p.to_vec())),
+            (_, p) => p.map(<[u8]>::to_vec),
         };
-        let mut headers = h.headers.clone();
+        let mut headers: Vec<(String, Vec<u8>)> = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
         headers.push((dlh::FLOW.into(), self.spec.name.clone().into_bytes()));
         headers.push((dlh::ERROR.into(), f.error.clone().into_bytes()));
         headers.push((dlh::TOPIC.into(), self.spec.topic.clone().into_bytes()));
-        headers.push((dlh::PARTITION.into(), h.partition.to_string().into_bytes()));
-        headers.push((dlh::OFFSET.into(), h.offset.to_string().into_bytes()));
+        headers.push((
+            dlh::PARTITION.into(),
+            m.partition().to_string().into_bytes(),
+        ));
+        headers.push((dlh::OFFSET.into(), m.offset().to_string().into_bytes()));
         if let Some(i) = f.entity_index {
             headers.push((dlh::ENTITY_INDEX.into(), i.to_string().into_bytes()));
         }
         DeadLetter {
             value,
-            key: h.key.clone(),
+            key: m.key().map(<[u8]>::to_vec),
             headers,
         }
     }
@@ -497,8 +515,9 @@ impl FlowProcessor {
     fn commit(&self, window: &Window) {
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
         for h in &window.messages {
-            let e = next.entry(h.partition).or_insert(h.offset + 1);
-            *e = (*e).max(h.offset + 1);
+            let (p, o) = (h.msg.partition(), h.msg.offset());
+            let e = next.entry(p).or_insert(o + 1);
+            *e = (*e).max(o + 1);
         }
         let mut tpl = TopicPartitionList::new();
         for (p, o) in next {

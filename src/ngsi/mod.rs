@@ -121,8 +121,6 @@ pub struct Entity {
     pub entity_type: Option<String>,
     /// Attributes in notification order, `id` and `type` excluded.
     pub attributes: Vec<Attribute>,
-    /// The entity exactly as received, for the dead-letter copy.
-    pub raw: Json,
 }
 
 impl Entity {
@@ -199,11 +197,12 @@ pub fn decode(
         .get("subscriptionId")
         .and_then(Json::as_str)
         .map(str::to_string);
-    let data = match body.get("data") {
+    let mut body = body;
+    let data = match body.swap_remove("data") {
         Some(Json::Array(items)) => items,
         _ => return Err(DecodeError::MissingData),
     };
-    let entities = data.iter().map(entity_from_json).collect();
+    let entities = data.into_iter().map(entity_from_json).collect();
     Ok(Notification {
         headers,
         subscription_id,
@@ -285,27 +284,32 @@ fn ngsiv1_to_v2(body: &Map<String, Json>) -> Option<Map<String, Json>> {
     Some(n)
 }
 
-fn entity_from_json(raw: &Json) -> Entity {
+fn entity_from_json(raw: Json) -> Entity {
     let mut id = None;
     let mut entity_type = None;
     let mut attributes = Vec::new();
     if let Json::Object(map) = raw {
+        attributes.reserve(map.len());
+        // Values are moved out of the parsed tree, never cloned: decoding is on the hot path.
         for (name, v) in map {
             match name.as_str() {
                 "id" => id = v.as_str().map(str::to_string),
                 "type" => entity_type = v.as_str().map(str::to_string),
                 _ => {
                     let (ngsi_type, value) = match v {
-                        Json::Object(attr) => (
-                            attr.get("type").and_then(Json::as_str).map(str::to_string),
-                            attr.get("value").cloned().unwrap_or(Json::Null),
+                        Json::Object(mut attr) => (
+                            match attr.swap_remove("type") {
+                                Some(Json::String(t)) => Some(t),
+                                _ => None,
+                            },
+                            attr.swap_remove("value").unwrap_or(Json::Null),
                         ),
                         // keyValues format: the bare value (Kafnus wrote NULL here; keeping the
                         // value is strictly more useful and loses nothing).
-                        other => (None, other.clone()),
+                        other => (None, other),
                     };
                     attributes.push(Attribute {
-                        name: name.clone(),
+                        name,
                         ngsi_type,
                         value,
                     });
@@ -317,7 +321,6 @@ fn entity_from_json(raw: &Json) -> Entity {
         id,
         entity_type,
         attributes,
-        raw: raw.clone(),
     }
 }
 

@@ -61,8 +61,9 @@ pub type TableMeta = HashMap<String, ColumnInfo>;
 pub struct WriteItem {
     /// The operation from transform.
     pub op: RowOp,
-    /// The tenant's error log; `None` when its name is invalid (the dead letter remains).
-    pub error_log: Option<TableRef>,
+    /// The tenant's error log (shared by the message's records); `None` when its name is
+    /// invalid (the dead letter remains).
+    pub error_log: Option<Arc<TableRef>>,
 }
 
 /// An error log row to write in the window's transaction.
@@ -225,7 +226,7 @@ impl Sink {
             for f in failures {
                 if let Some(table) = &items[f.item].error_log {
                     log_rows.push(ErrorLogRow {
-                        table: table.clone(),
+                        table: TableRef::clone(table),
                         timestamp: now,
                         error: f.error.clone(),
                         query: Some(f.query.clone()),
@@ -500,10 +501,10 @@ impl Writer<'_> {
                 sql_type: &meta[c.as_str()].sql_type,
             })
             .collect();
-        let mut bound: Vec<(usize, Vec<Option<String>>)> = Vec::with_capacity(group.items.len());
+        let mut rows = Rows::with_capacity(cols.len(), group.items.len());
         for &i in &group.items {
             match bind_row(&items[i].op, &group.columns, &meta) {
-                Ok(row) => bound.push((i, row)),
+                Ok(row) => rows.push(i, row),
                 Err(_) if !refreshed => {
                     // The value may fit the column's current type if the table was altered
                     // since its metadata was cached: re-read it once before blaming the row.
@@ -517,15 +518,14 @@ impl Writer<'_> {
                 }),
             }
         }
-        if bound.is_empty() {
+        if rows.len() == 0 {
             return Ok(failures);
         }
-        let rows: Vec<&(usize, Vec<Option<String>>)> = bound.iter().collect();
         match self.run_rows(tx, group, &cols, &rows).await? {
             RowsResult::Done => {}
             RowsResult::RowFailures(f) => {
                 for (k, e) in f {
-                    failures.push(self.failure(group, &cols, rows[k], &e));
+                    failures.push(self.failure(group, &cols, &rows, k, &e));
                 }
             }
             RowsResult::Failed(e) if is_stale_metadata(&e) && !refreshed => {
@@ -534,19 +534,23 @@ impl Writer<'_> {
                 return Box::pin(self.write_group(tx, items, group, false)).await;
             }
             RowsResult::Failed(_) if rows.len() > 1 => {
-                for row in rows {
-                    match self.run_rows(tx, group, &cols, &[row]).await? {
+                // Replay row by row, each in its own savepoint: good rows commit, bad rows are
+                // reported one by one.
+                for k in 0..rows.len() {
+                    match self.run_rows(tx, group, &cols, &rows.single(k)).await? {
                         RowsResult::Done => {}
-                        RowsResult::Failed(e) => failures.push(self.failure(group, &cols, row, &e)),
+                        RowsResult::Failed(e) => {
+                            failures.push(self.failure(group, &cols, &rows, k, &e))
+                        }
                         RowsResult::RowFailures(f) => {
                             for (_, e) in f {
-                                failures.push(self.failure(group, &cols, row, &e));
+                                failures.push(self.failure(group, &cols, &rows, k, &e));
                             }
                         }
                     }
                 }
             }
-            RowsResult::Failed(e) => failures.push(self.failure(group, &cols, rows[0], &e)),
+            RowsResult::Failed(e) => failures.push(self.failure(group, &cols, &rows, 0, &e)),
         }
         Ok(failures)
     }
@@ -555,16 +559,18 @@ impl Writer<'_> {
         &self,
         group: &Group,
         cols: &[Col<'_>],
-        row: &(usize, Vec<Option<String>>),
+        rows: &Rows,
+        k: usize,
         e: &tokio_postgres::Error,
     ) -> ItemFailure {
+        let values = rows.row(k);
         let query = if group.kind == OpKind::Delete {
-            sql::readable_delete(&group.target, row.1[0].as_deref().unwrap_or(""))
+            sql::readable_delete(&group.target, values[0].as_deref().unwrap_or(""))
         } else {
-            typed_query(&group.target, cols, &row.1)
+            typed_query(&group.target, cols, &values)
         };
         ItemFailure {
-            item: row.0,
+            item: rows.items[k],
             error: describe(e),
             query,
         }
@@ -577,9 +583,9 @@ impl Writer<'_> {
         tx: &mut Transaction<'_>,
         group: &Group,
         cols: &[Col<'_>],
-        rows: &[&(usize, Vec<Option<String>>)],
+        rows: &Rows,
     ) -> Result<RowsResult, TransientError> {
-        let arrays = transpose(cols.len(), rows);
+        let arrays = &rows.arrays;
         if group.kind == OpKind::Delete {
             let id_col = group
                 .columns
@@ -597,7 +603,7 @@ impl Writer<'_> {
         }
         let mode = self.spec.write_mode;
         let sql = sql::write_statement(&group.target, cols, mode, &self.spec.key_columns, false);
-        let n = match self.exec(tx, &sql, &arrays).await? {
+        let n = match self.exec(tx, &sql, arrays).await? {
             Exec::Rows(n) => n,
             Exec::Failed(e) => return Ok(RowsResult::Failed(e)),
         };
@@ -611,8 +617,8 @@ impl Writer<'_> {
                 let before_replayed = self.out.duplicate_replayed;
                 let before_written = self.out.written;
                 let mut failed = Vec::new();
-                for (k, row) in rows.iter().enumerate() {
-                    match Box::pin(self.run_rows(tx, group, cols, &[row])).await? {
+                for k in 0..rows.len() {
+                    match Box::pin(self.run_rows(tx, group, cols, &rows.single(k))).await? {
                         RowsResult::Done => {}
                         RowsResult::Failed(e) => failed.push((k, e)),
                         RowsResult::RowFailures(mut f) => failed.append(&mut f),
@@ -630,11 +636,11 @@ impl Writer<'_> {
             }
             WriteMode::Insert if n < total => {
                 // One row, not inserted: an identical replay, or a real duplicate key.
-                let row = rows[0];
+                let row = rows.row(0);
                 let compare: Vec<(Col<'_>, &Option<String>)> = cols
                     .iter()
                     .cloned()
-                    .zip(row.1.iter())
+                    .zip(row.iter())
                     .filter(|(c, _)| c.name != "recvtime")
                     .collect();
                 let check_cols: Vec<Col<'_>> = compare.iter().map(|(c, _)| c.clone()).collect();
@@ -670,7 +676,7 @@ impl Writer<'_> {
                     self.out.duplicate_replayed += 1;
                 } else {
                     let strict = sql::write_statement(&group.target, cols, mode, &[], true);
-                    match self.exec(tx, &strict, &arrays).await? {
+                    match self.exec(tx, &strict, arrays).await? {
                         Exec::Rows(_) => self.out.written += 1,
                         Exec::Failed(e) => return Ok(RowsResult::Failed(e)),
                     }
@@ -695,15 +701,43 @@ enum RowsResult {
     RowFailures(Vec<(usize, tokio_postgres::Error)>),
 }
 
-fn transpose(ncols: usize, rows: &[&(usize, Vec<Option<String>>)]) -> Vec<Vec<Option<String>>> {
-    let mut arrays: Vec<Vec<Option<String>>> =
-        (0..ncols).map(|_| Vec::with_capacity(rows.len())).collect();
-    for (_, row) in rows {
-        for (a, v) in arrays.iter_mut().zip(row.iter()) {
-            a.push(v.clone());
+/// Bound rows of a group, column-major (one `text[]` parameter per column), with the index of
+/// the item each row came from. Values are moved in once and never copied on the main path.
+struct Rows {
+    items: Vec<usize>,
+    arrays: Vec<Vec<Option<String>>>,
+}
+
+impl Rows {
+    fn with_capacity(ncols: usize, nrows: usize) -> Self {
+        Self {
+            items: Vec::with_capacity(nrows),
+            arrays: (0..ncols).map(|_| Vec::with_capacity(nrows)).collect(),
         }
     }
-    arrays
+
+    fn push(&mut self, item: usize, row: Vec<Option<String>>) {
+        self.items.push(item);
+        for (a, v) in self.arrays.iter_mut().zip(row) {
+            a.push(v);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Row `k`'s values (copied: only for error reports and single-row replays).
+    fn row(&self, k: usize) -> Vec<Option<String>> {
+        self.arrays.iter().map(|a| a[k].clone()).collect()
+    }
+
+    /// A one-row batch holding row `k`.
+    fn single(&self, k: usize) -> Rows {
+        let mut one = Rows::with_capacity(self.arrays.len(), 1);
+        one.push(self.items[k], self.row(k));
+        one
+    }
 }
 
 fn bind_row(
