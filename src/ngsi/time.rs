@@ -104,7 +104,23 @@ fn digits<T: std::str::FromStr>(b: &[u8]) -> Option<T> {
 /// Renders a UTC instant as RFC 3339 with microseconds (`2026-03-01T08:15:00.123456Z`), the
 /// form bound into `timestamptz` columns and written into the error log's queries.
 pub fn to_rfc3339_micros(t: &DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    use chrono::{Datelike, Timelike};
+    use std::fmt::Write;
+    // Hand-written rather than `format()`: this runs for every timestamp bound, and chrono's
+    // format strings are parsed on each call.
+    let mut s = String::with_capacity(27);
+    let _ = write!(
+        s,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.timestamp_subsec_micros().min(999_999)
+    );
+    s
 }
 
 #[cfg(test)]
