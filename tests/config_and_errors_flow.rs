@@ -13,53 +13,46 @@ use serde_json::json;
 fn invalid_configuration_exits_2_naming_the_key() {
     let dir = std::env::temp_dir().join(format!("ngsiflow-badflows-{}", free_port()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("historic.toml"),
-        "name = \"historic\"\nwrite_mode = \"insert\"\nbatch = 3\n",
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ngsiflow"))
-        .args(["run", "--flows-dir", dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("historic.toml") && err.contains("batch"),
-        "{err}"
-    );
-
-    std::fs::write(
-        dir.join("historic.toml"),
-        "name = \"historic\"\nwrite_mode = \"upsert\"\n",
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ngsiflow"))
-        .args(["run", "--flows-dir", dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("key `key_columns`"));
-
-    let out = Command::new(env!("CARGO_BIN_EXE_ngsiflow"))
-        .args(["run", "--batch-size", "0"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--batch-size"));
-
-    let out = Command::new(env!("CARGO_BIN_EXE_ngsiflow"))
-        .args([
-            "run",
-            "--flows",
-            "nope",
-            "--flows-dir",
-            repo().join("flows").to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--flows: unknown flow \"nope\""));
+    let bad_dir = dir.to_str().unwrap().to_string();
+    let good_dir = repo().join("flows").to_str().unwrap().to_string();
+    // (flow file written to the bad directory, flags, what stderr must name)
+    let cases: [(Option<&str>, Vec<&str>, &str); 4] = [
+        (
+            Some("name = \"historic\"\nwrite_mode = \"insert\"\nbatch = 3\n"),
+            vec!["--flows-dir", &bad_dir],
+            "batch",
+        ),
+        (
+            Some("name = \"historic\"\nwrite_mode = \"upsert\"\n"),
+            vec!["--flows-dir", &bad_dir],
+            "key `key_columns`",
+        ),
+        (None, vec!["--batch-size", "0"], "--batch-size"),
+        (
+            None,
+            vec!["--flows", "nope", "--flows-dir", &good_dir],
+            "--flows: unknown flow \"nope\"",
+        ),
+    ];
+    for (file, flags, want) in cases {
+        if let Some(text) = file {
+            std::fs::write(dir.join("historic.toml"), text).unwrap();
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_ngsiflow"))
+            .arg("run")
+            .args(&flags)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {err}");
+        assert!(
+            err.contains(want),
+            "{flags:?}: {err:?} should name {want:?}"
+        );
+        if file.is_some() {
+            assert!(err.contains("historic.toml"), "{err}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
