@@ -91,6 +91,70 @@ fn compose_fragments_parse_and_every_reference_exists() {
             volumes.extend(v.keys().map(|k| k.as_str().unwrap().to_string()));
         }
     }
+    // Keys checked against the Compose specification's service and healthcheck fields, so a
+    // typo cannot silently disable a setting (there is no Docker engine here to reject it).
+    const SERVICE_KEYS: [&str; 16] = [
+        "image",
+        "build",
+        "command",
+        "entrypoint",
+        "environment",
+        "volumes",
+        "ports",
+        "depends_on",
+        "healthcheck",
+        "restart",
+        "profiles",
+        "hostname",
+        "user",
+        "networks",
+        "labels",
+        "env_file",
+    ];
+    const HEALTHCHECK_KEYS: [&str; 6] = [
+        "test",
+        "interval",
+        "timeout",
+        "retries",
+        "start_period",
+        "disable",
+    ];
+    for (name, svc) in &services {
+        for key in svc.as_mapping().unwrap().keys() {
+            assert!(
+                SERVICE_KEYS.contains(&key.as_str().unwrap()),
+                "{name}: unknown service key {key:?}"
+            );
+        }
+        if let Some(h) = svc.get("healthcheck") {
+            for key in h.as_mapping().unwrap().keys() {
+                assert!(
+                    HEALTHCHECK_KEYS.contains(&key.as_str().unwrap()),
+                    "{name}: unknown healthcheck key {key:?}"
+                );
+            }
+            assert!(
+                h["test"].is_sequence()
+                    && h["test"][0]
+                        .as_str()
+                        .is_some_and(|t| t == "CMD" || t == "CMD-SHELL"),
+                "{name}: healthcheck test form"
+            );
+        }
+        if let Some(r) = svc.get("restart") {
+            assert!(
+                ["no", "always", "on-failure", "unless-stopped"].contains(&r.as_str().unwrap()),
+                "{name}: restart {r:?}"
+            );
+        }
+        if let Some(b) = svc.get("build") {
+            let ctx = docker.join(b["context"].as_str().unwrap());
+            assert!(
+                ctx.join(b["dockerfile"].as_str().unwrap()).exists(),
+                "{name}: dockerfile exists"
+            );
+        }
+    }
     let expected: BTreeSet<&str> = [
         "kafka",
         "postgis",
@@ -470,4 +534,53 @@ fn jmx_rules_compile_and_export_what_the_connect_dashboard_uses() {
         jmx_name(&rules, lines[0]).unwrap(),
         "kafka_connect_connector_state"
     );
+}
+
+#[test]
+fn kafka_dashboard_uses_only_kafka_exporter_metrics() {
+    // The metric names kafka-exporter documents (danielqsj/kafka_exporter README, "Metrics").
+    const EXPORTED: [&str; 16] = [
+        "kafka_brokers",
+        "kafka_broker_info",
+        "kafka_topic_partitions",
+        "kafka_topic_partition_current_offset",
+        "kafka_topic_partition_oldest_offset",
+        "kafka_topic_partition_in_sync_replica",
+        "kafka_topic_partition_leader",
+        "kafka_topic_partition_leader_is_preferred",
+        "kafka_topic_partition_replicas",
+        "kafka_topic_partition_under_replicated_partition",
+        "kafka_consumergroup_current_offset",
+        "kafka_consumergroup_current_offset_sum",
+        "kafka_consumergroup_lag",
+        "kafka_consumergroup_lag_sum",
+        "kafka_consumergroupzookeeper_lag_zookeeper",
+        "kafka_consumergroup_members",
+    ];
+    let re = regex::Regex::new(r"\bkafka_[a-z_]+").unwrap();
+    let (d, panels) = dashboard_queries("kafka.json");
+    let mut used = 0;
+    for (_, title, exprs) in panels {
+        for e in exprs {
+            for m in re.find_iter(&e) {
+                used += 1;
+                assert!(
+                    EXPORTED.contains(&m.as_str()),
+                    "panel {title}: {} is not a kafka-exporter metric",
+                    m.as_str()
+                );
+            }
+        }
+    }
+    for v in d["templating"]["list"].as_array().unwrap() {
+        for m in re.find_iter(v["query"]["query"].as_str().unwrap()) {
+            assert!(
+                EXPORTED.contains(&m.as_str()),
+                "variable {}: {}",
+                v["name"],
+                m.as_str()
+            );
+        }
+    }
+    assert!(used >= 7);
 }
