@@ -156,17 +156,6 @@ impl Sink {
         Ok(())
     }
 
-    /// True when a connection is open and answers `SELECT 1`.
-    pub async fn ping(&mut self) -> bool {
-        if self.connect().await.is_err() {
-            return false;
-        }
-        match &self.client {
-            Some(c) => c.simple_query("SELECT 1").await.is_ok(),
-            None => false,
-        }
-    }
-
     fn drop_connection(&mut self) {
         self.client = None;
         self.statements.clear();
@@ -238,11 +227,6 @@ impl Sink {
         write_error_logs(&mut tx, ensured_error_logs, &log_rows, &mut out).await?;
         tx.commit().await.map_err(transient)?;
         Ok(out)
-    }
-
-    /// Forgets cached metadata (tests and operators changing tables).
-    pub fn clear_metadata(&mut self) {
-        self.meta.clear();
     }
 }
 
