@@ -231,6 +231,10 @@ pub fn health(state: &AdminState) -> serde_json::Value {
                 .map(|(_, s)| s.clone());
             let mut v = serde_json::to_value(f).unwrap_or_default();
             if let (Some(obj), Some(s)) = (v.as_object_mut(), status) {
+                obj.insert(
+                    "running".into(),
+                    s.running.load(std::sync::atomic::Ordering::Relaxed).into(),
+                );
                 obj.insert("partitionsAssigned".into(), s.assigned().into());
                 obj.insert(
                     "paused".into(),
@@ -292,7 +296,11 @@ async fn ready(state: &AdminState) -> Resp {
 }
 
 async fn set_level(state: &AdminState, req: Request<Incoming>) -> Resp {
-    let body = match req.into_body().collect().await {
+    // The body is a tiny JSON object: anything over 4 KiB is refused, not buffered.
+    let body = match http_body_util::Limited::new(req.into_body(), 4096)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(_) => return json_response(StatusCode::BAD_REQUEST, json!({"error": "Invalid body"})),
     };

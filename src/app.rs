@@ -43,6 +43,9 @@ pub enum AppError {
     /// A processor failed to start.
     #[error("{0}")]
     Processor(#[from] crate::kafka::processor::ProcessorError),
+    /// A flow ended (panicked or returned) before shutdown was requested.
+    #[error("a flow stopped unexpectedly (see the log)")]
+    FlowStopped,
 }
 
 /// Log level control over a tracing reload handle.
@@ -144,6 +147,10 @@ pub async fn run(
         for (k, v) in &args.kafka_config {
             c.set(k, v);
         }
+        // Offsets are committed by the processor, only after the window is durable: these two
+        // cannot be overridden by -X.
+        c.set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
         let consumer: StreamConsumer<FlowContext> = c.create_with_context(FlowContext::new(
             &spec.name,
             metrics.clone(),
@@ -152,7 +159,7 @@ pub async fn run(
         processors.push(FlowProcessor {
             spec: spec.clone(),
             consumer,
-            sink: tokio::sync::Mutex::new(Sink::new(&args.pg_url)),
+            sink: Sink::new(&args.pg_url, Duration::from_millis(args.db_timeout_ms)),
             dead_letters: dead_letters.clone(),
             metrics: metrics.clone(),
             status,
@@ -183,26 +190,31 @@ pub async fn run(
             source,
         })?;
 
-    let handles: Vec<_> = processors
-        .into_iter()
-        .map(|p| {
-            let c = cancel.clone();
-            tokio::spawn(p.run(c, SHUTDOWN_GRACE))
-        })
-        .collect();
+    // Every flow runs until shutdown; the first one to stop for any other reason (error or
+    // panic) stops them all, so the process exits and its supervisor restarts it.
+    let mut flows = tokio::task::JoinSet::new();
+    for p in processors {
+        flows.spawn(p.run(cancel.clone(), SHUTDOWN_GRACE));
+    }
     let mut first_error = None;
-    for h in handles {
-        match h.await {
-            Ok(Ok(())) => {}
+    while let Some(done) = flows.join_next().await {
+        match done {
+            Ok(Ok(())) => {
+                if !cancel.is_cancelled() {
+                    tracing::error!("a flow stopped unexpectedly; stopping the worker");
+                    first_error.get_or_insert(AppError::FlowStopped);
+                }
+            }
             Ok(Err(e)) => {
-                cancel.cancel();
+                tracing::error!(error = %e, "flow failed; stopping the worker");
                 first_error.get_or_insert(AppError::from(e));
             }
             Err(e) => {
-                cancel.cancel();
-                tracing::error!(error = %e, "flow task panicked");
+                tracing::error!(error = %e, "flow task panicked; stopping the worker");
+                first_error.get_or_insert(AppError::FlowStopped);
             }
         }
+        cancel.cancel();
     }
     admin_cancel.cancel();
     tracing::info!("ngsiflow stopped");

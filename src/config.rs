@@ -45,7 +45,8 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "NGSIFLOW_PG_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        value_parser = parse_pg_url
     )]
     pub pg_url: String,
     /// Prefix of every topic name (input topics and the dead-letter topic), e.g. `smc_`.
@@ -87,6 +88,10 @@ pub struct RunArgs {
     /// Longest pause, in milliseconds, between retries of a transient database failure.
     #[arg(long, env = "NGSIFLOW_RETRY_MAX_BACKOFF_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub retry_max_backoff_ms: u64,
+    /// Longest time, in milliseconds, one flush window's transaction may take before it is
+    /// abandoned and retried as a transient failure.
+    #[arg(long, env = "NGSIFLOW_DB_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1_000..=3_600_000))]
+    pub db_timeout_ms: u64,
     /// librdkafka statistics interval in milliseconds (feeds the consumer lag gauge).
     #[arg(long, env = "NGSIFLOW_KAFKA_STATS_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub kafka_stats_ms: u64,
@@ -94,6 +99,12 @@ pub struct RunArgs {
     /// repeatable), e.g. `-X security.protocol=SASL_SSL -X sasl.password=…`.
     #[arg(short = 'X', long = "kafka-config", env = "NGSIFLOW_KAFKA_CONFIG", value_delimiter = ';', value_parser = parse_kv)]
     pub kafka_config: Vec<(String, String)>,
+}
+
+fn parse_pg_url(s: &str) -> Result<String, String> {
+    crate::postgis::validate_url(s)
+        .map(|()| s.to_string())
+        .map_err(|e| format!("invalid PostgreSQL connection string: {e}"))
 }
 
 fn parse_datamodel(s: &str) -> Result<Datamodel, String> {
@@ -315,6 +326,7 @@ mod tests {
             vec!["ngsiflow", "run", "--default-datamodel", "dm-nope"],
             vec!["ngsiflow", "run", "--admin-addr", "nowhere"],
             vec!["ngsiflow", "run", "--log-level", "loud"],
+            vec!["ngsiflow", "run", "--pg-url", "postgres://db:notaport/x"],
         ] {
             let err = Cli::try_parse_from(&args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");

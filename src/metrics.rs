@@ -195,11 +195,6 @@ impl Metrics {
         m
     }
 
-    /// The registry (for tests and the admin server).
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

@@ -42,6 +42,8 @@ async fn metrics_and_admin_endpoints_tell_the_truth() {
     // Explicit partitions: both partitions of each topic get messages, and L1's two updates
     // share one partition so their order (newer first, then a stale one) is kept.
     let nope = json!({"id": "X", "type": "Nope", "TimeInstant": {"type": "DateTime", "value": "2026-01-01T00:00:00Z"}});
+    // rejected by PostgreSQL itself (numeric(20,6) overflow): the one permanent database error
+    let overflow = json!({"id": "O", "type": "Sensor", "TimeInstant": {"type": "DateTime", "value": "2026-01-01T00:00:00Z"}, "price": {"type": "Number", "value": 1e30}});
     let delete = json!({"id": "L9", "type": "Sensor", "alterationType": {"type": "Text", "value": "entityDelete"}});
     let sends: Vec<(&str, i32, String)> = vec![
         (
@@ -61,6 +63,7 @@ async fn metrics_and_admin_endpoints_tell_the_truth() {
         ),
         ("raw_historic", 0, "{broken".to_string()),
         ("raw_historic", 1, notification(&[nope])),
+        ("raw_historic", 1, notification(&[overflow])),
         (
             "raw_lastdata",
             0,
@@ -82,7 +85,7 @@ async fn metrics_and_admin_endpoints_tell_the_truth() {
     let metrics = loop {
         let (status, body) = worker.get("/metrics").await;
         assert_eq!(status, 200);
-        let done = value(&body, "messages_processed_total{flow=\"historic\"}") == Some(5.0)
+        let done = value(&body, "messages_processed_total{flow=\"historic\"}") == Some(6.0)
             && value(&body, "messages_processed_total{flow=\"lastdata\"}") == Some(3.0);
         let lags: Vec<f64> = body
             .lines()
@@ -101,17 +104,17 @@ async fn metrics_and_admin_endpoints_tell_the_truth() {
     };
     let expect = [
         ("messages_processed_by_service_total{fiware_service=\"demo\",flow=\"historic\",result=\"success\"}", 3.0),
-        ("messages_processed_by_service_total{fiware_service=\"demo\",flow=\"historic\",result=\"error\"}", 2.0),
+        ("messages_processed_by_service_total{fiware_service=\"demo\",flow=\"historic\",result=\"error\"}", 3.0),
         ("messages_processed_by_service_total{fiware_service=\"demo\",flow=\"lastdata\",result=\"success\"}", 3.0),
-        ("message_processing_duration_seconds_count{flow=\"historic\"}", 5.0),
+        ("message_processing_duration_seconds_count{flow=\"historic\"}", 6.0),
         ("message_processing_duration_seconds_count{flow=\"lastdata\"}", 3.0),
         ("ngsiflow_records_total{flow=\"historic\",outcome=\"written\"}", 3.0),
-        ("ngsiflow_records_total{flow=\"historic\",outcome=\"error_logged\"}", 2.0),
+        ("ngsiflow_records_total{flow=\"historic\",outcome=\"error_logged\"}", 3.0),
         ("ngsiflow_records_total{flow=\"historic\",outcome=\"duplicate_replayed\"}", 0.0),
         ("ngsiflow_records_total{flow=\"lastdata\",outcome=\"written\"}", 1.0),
         ("ngsiflow_records_total{flow=\"lastdata\",outcome=\"stale_ignored\"}", 1.0),
         ("ngsiflow_records_total{flow=\"lastdata\",outcome=\"deleted\"}", 1.0),
-        ("ngsiflow_dead_letter_total{flow=\"historic\"}", 2.0),
+        ("ngsiflow_dead_letter_total{flow=\"historic\"}", 3.0),
         ("ngsiflow_dead_letter_total{flow=\"lastdata\"}", 0.0),
         ("ngsiflow_db_errors_total{class=\"permanent\",flow=\"historic\"}", 1.0),
         ("ngsiflow_db_errors_total{class=\"transient\",flow=\"historic\"}", 0.0),
@@ -178,10 +181,10 @@ async fn metrics_and_admin_endpoints_tell_the_truth() {
     assert_eq!(status, 200);
     let health: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(health["status"], "UP");
-    assert_eq!(health["pipeline"]["totalEvents"], 8);
+    assert_eq!(health["pipeline"]["totalEvents"], 9);
     assert_eq!(health["pipeline"]["successEvents"], 6);
-    assert_eq!(health["pipeline"]["errorEvents"], 2);
-    assert_eq!(health["pipeline"]["successRate"], 0.75);
+    assert_eq!(health["pipeline"]["errorEvents"], 3);
+    assert_eq!(health["pipeline"]["successRate"], 0.666667);
     let by_flow = health["pipeline"]["byFlow"].as_array().unwrap();
     assert_eq!(
         by_flow
@@ -190,8 +193,9 @@ async fn metrics_and_admin_endpoints_tell_the_truth() {
             .collect::<Vec<_>>(),
         ["historic", "lastdata"]
     );
-    assert_eq!(by_flow[0]["totalEvents"], 5);
-    assert_eq!(by_flow[0]["errorEvents"], 2);
+    assert_eq!(by_flow[0]["totalEvents"], 6);
+    assert_eq!(by_flow[0]["errorEvents"], 3);
+    assert_eq!(by_flow[0]["running"], true);
     assert!(
         by_flow[0]["lastProcessedAt"].is_string()
             && by_flow[0]["avgDurationSeconds"].as_f64().unwrap() > 0.0

@@ -363,6 +363,11 @@ async fn each_bad_input_class_is_logged_and_the_next_message_lands() {
             "Geometry type (LineString) does not match column type (Point)",
         ),
         (
+            "nul character",
+            e(json!({"name": {"type": "Text", "value": "a\u{0}b"}})),
+            "invalid byte sequence for encoding \"UTF8\": 0x00",
+        ),
+        (
             "long identifier",
             notification(&[
                 json!({"id": "X", "type": long_type, "TimeInstant": ti("2026-01-01T00:00:00Z")}),

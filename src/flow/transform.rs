@@ -162,7 +162,11 @@ fn record(
             entity_index: index,
         });
     }
-    match entity.attribute("timeinstant") {
+    // A null TimeInstant is treated as an absent one (allowed where the flow allows that).
+    match entity
+        .attribute("timeinstant")
+        .filter(|a| !a.value.is_null())
+    {
         Some(attr) => {
             let parsed = attr.value.as_str().map(time::parse_datetime);
             match parsed {
@@ -444,6 +448,22 @@ mod tests {
         assert!(run("mutable", &[], body.clone()).remove(0).is_err());
         let op = run("lastdata", &[], body).remove(0).unwrap();
         assert!(op.get("timeinstant").is_none());
+    }
+
+    #[test]
+    fn null_timeinstant_counts_as_absent() {
+        let mut body = sample();
+        body["data"][0]["TimeInstant"]["value"] = serde_json::Value::Null;
+        assert!(run("lastdata", &[], body.clone())
+            .remove(0)
+            .unwrap()
+            .get("timeinstant")
+            .is_none());
+        let err = run("historic", &[], body).remove(0).unwrap_err();
+        assert_eq!(
+            err.message,
+            "missing TimeInstant attribute required by flow historic"
+        );
     }
 
     #[test]

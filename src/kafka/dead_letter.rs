@@ -8,6 +8,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
 
 /// Header names added to a dead-letter copy (the original record's headers are kept too).
@@ -25,6 +26,8 @@ pub mod headers {
     /// Index of the failed entity in the notification's `data` (absent for whole-message
     /// failures).
     pub const ENTITY_INDEX: &str = "ngsiflow.entity.index";
+    /// Present when the copy carries no value because it exceeded the broker's size limit.
+    pub const VALUE_OMITTED: &str = "ngsiflow.value.omitted";
 }
 
 /// One dead-letter copy.
@@ -37,6 +40,13 @@ pub struct DeadLetter {
     pub key: Option<Vec<u8>>,
     /// Original headers followed by the `ngsiflow.*` ones.
     pub headers: Vec<(String, Vec<u8>)>,
+}
+
+fn too_large(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize)
+    )
 }
 
 /// Sends dead-letter copies and waits for the broker's acknowledgement.
@@ -60,11 +70,6 @@ impl DeadLetterProducer {
             producer: c.create()?,
             topic: topic.to_string(),
         })
-    }
-
-    /// The dead-letter topic.
-    pub fn topic(&self) -> &str {
-        &self.topic
     }
 
     /// Sends every copy; each is retried with capped backoff until acknowledged.
@@ -101,6 +106,16 @@ impl DeadLetterProducer {
                 }
                 match self.producer.send(record, Duration::from_secs(30)).await {
                     Ok(_) => break,
+                    Err((e, _)) if too_large(&e) && letter.value.is_some() => {
+                        // Retrying cannot help: send the copy without its value, saying why; the
+                        // error log row and the source offset still identify the record.
+                        tracing::warn!(error = %e, topic = %self.topic, "dead-letter copy too large; sending it without the value");
+                        let mut slim = letter.clone();
+                        slim.value = None;
+                        slim.headers
+                            .push((headers::VALUE_OMITTED.into(), b"message too large".to_vec()));
+                        return Box::pin(self.send_all(std::slice::from_ref(&slim), cancel)).await;
+                    }
                     Err((e, _)) => {
                         tracing::warn!(error = %e, topic = %self.topic, "dead-letter send failed, retrying");
                         let delay = backoff.next().unwrap_or(Duration::from_secs(10));

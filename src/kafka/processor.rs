@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
@@ -20,7 +20,7 @@ use crate::flow::transform::{connect_error, transform, TransformOptions};
 use crate::flow::{FlowKind, FlowSpec};
 use crate::metrics::Metrics;
 use crate::ngsi::{decode, NgsiHeaders};
-use crate::postgis::{self, ErrorLogRow, Sink, WindowOutcome, WriteItem};
+use crate::postgis::{self, ErrorLogRow, Sink, WindowOutcome, WriteItem, MAX_QUERY_CHARS};
 use crate::route::{error_log_table, TableRef};
 
 /// Everything a flow processor needs.
@@ -29,8 +29,8 @@ pub struct FlowProcessor {
     pub spec: FlowSpec,
     /// Its consumer (subscribed by [`FlowProcessor::run`]).
     pub consumer: StreamConsumer<FlowContext>,
-    /// Its sink (locked only by this processor; the mutex lets the loop borrow `self` shared).
-    pub sink: tokio::sync::Mutex<Sink>,
+    /// Its sink (one connection, owned by this flow).
+    pub sink: Sink,
     /// Shared dead-letter producer.
     pub dead_letters: Arc<DeadLetterProducer>,
     /// Metrics.
@@ -55,12 +55,7 @@ struct Held {
     msg: OwnedMessage,
     received: Instant,
     service: String,
-    failed: bool,
-}
-
-/// What decoding learnt about a message.
-struct Decoded {
-    service: String,
+    correlator: Option<String>,
     failed: bool,
 }
 
@@ -81,6 +76,9 @@ struct Window {
     records: usize,
     connect_rows: u64,
     opened: Option<Instant>,
+    /// Set once the window's transaction committed: a later retry (shutdown after the dead
+    /// letters were interrupted) must not write it again.
+    written: Option<WindowOutcome>,
 }
 
 impl Window {
@@ -102,6 +100,35 @@ pub enum ProcessorError {
     },
 }
 
+/// Clears `running` however the processor ends (return, error or panic), so `/ready` and
+/// `/health` never report a dead flow as alive.
+struct RunningGuard(Arc<FlowStatus>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Longest error text put in a dead-letter header (the error log keeps the same length).
+const MAX_ERROR_HEADER_CHARS: usize = 4000;
+
+/// A record's headers as `(name, value)` pairs. rdkafka panics on a header name that is not
+/// UTF-8 (it unwraps the conversion); such a record is bad input, so the panic is contained
+/// here and reported as an error instead of killing the flow.
+fn header_pairs(m: &OwnedMessage) -> Result<Vec<(&str, &[u8])>, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        m.headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key, h.value.unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }))
+    .map_err(|_| "record has a header whose name is not UTF-8".to_string())
+}
+
 impl FlowProcessor {
     /// Runs until `cancel` fires: then stops fetching, flushes the in-flight window (bounded by
     /// `shutdown_grace`), commits synchronously and returns.
@@ -109,7 +136,7 @@ impl FlowProcessor {
     /// # Errors
     /// [`ProcessorError::Subscribe`] when the topic cannot be subscribed.
     pub async fn run(
-        self,
+        mut self,
         cancel: CancellationToken,
         shutdown_grace: Duration,
     ) -> Result<(), ProcessorError> {
@@ -120,6 +147,7 @@ impl FlowProcessor {
                 source,
             })?;
         self.status.running.store(true, Ordering::Relaxed);
+        let _running = RunningGuard(self.status.clone());
         tracing::info!(flow = %self.spec.name, topic = %self.spec.topic, group = %self.spec.group, "flow started");
         let mut window = Window::default();
         let mut held: VecDeque<OwnedMessage> = VecDeque::new();
@@ -174,7 +202,6 @@ impl FlowProcessor {
             }
             timer.abort();
         }
-        self.status.running.store(false, Ordering::Relaxed);
         self.dead_letters.flush();
         tracing::info!(flow = %self.spec.name, "flow stopped");
         Ok(())
@@ -184,75 +211,74 @@ impl FlowProcessor {
     fn add(&self, window: &mut Window, m: OwnedMessage) {
         let now = Utc::now();
         let index = window.messages.len();
-        let (service, failed) = self.decode_into(window, &m, index, now);
+        window.opened.get_or_insert_with(Instant::now);
+        let (service, correlator, failed) = self.decode_into(window, &m, index, now);
         window.messages.push(Held {
             msg: m,
             received: Instant::now(),
             service,
+            correlator,
             failed,
         });
     }
 
     /// Decodes and transforms one message into the window's items and failures; returns the
-    /// message's tenant and whether any of its records failed.
+    /// message's tenant, its correlator and whether any of its records failed.
     fn decode_into(
         &self,
         window: &mut Window,
         m: &OwnedMessage,
         index: usize,
-        now: chrono::DateTime<Utc>,
-    ) -> (String, bool) {
-        let pairs: Vec<(&str, &[u8])> = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key, h.value.unwrap_or_default()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut held = Decoded {
-            service: String::new(),
-            failed: false,
+        now: DateTime<Utc>,
+    ) -> (String, Option<String>, bool) {
+        let pairs = match header_pairs(m) {
+            Ok(p) => p,
+            Err(e) => {
+                window.records += 1;
+                let service = crate::ngsi::DEFAULT_SERVICE.to_string();
+                let raw = m.payload().map(|p| {
+                    postgis::truncate(String::from_utf8_lossy(p).to_string(), MAX_QUERY_CHARS)
+                });
+                self.pre_error(window, index, None, &service, e, raw, now);
+                return (service, None, true);
+            }
         };
-        window.opened.get_or_insert_with(Instant::now);
         if self.spec.kind == FlowKind::ConnectErrors {
             let ce = connect_error(&pairs, m.payload(), &self.topic_prefix);
-            held.service = ce.service.clone();
             window.records += 1;
-            match error_log_table(&ce.service) {
+            return match error_log_table(&ce.service) {
                 Ok(table) => {
                     window.connect_rows += 1;
                     window.pre_errors.push(ErrorLogRow {
                         table,
                         timestamp: now,
                         error: ce.error,
-                        query: ce.query.map(|q| postgis::truncate(q, 8000)),
+                        query: ce.query.map(|q| postgis::truncate(q, MAX_QUERY_CHARS)),
                     });
+                    (ce.service, None, false)
                 }
                 Err(e) => {
-                    held.failed = true;
                     window.failures.push(Failure {
                         message: index,
                         entity_index: None,
                         error: e.to_string(),
                     });
+                    (ce.service, None, true)
                 }
-            }
-            return (held.service, held.failed);
+            };
         }
         match decode(m.payload(), &pairs) {
             Err(e) => {
                 let h = NgsiHeaders::from_pairs(pairs.iter().copied());
-                held.service = h.service.clone();
-                held.failed = true;
                 window.records += 1;
-                let raw = m
-                    .payload()
-                    .map(|p| postgis::truncate(String::from_utf8_lossy(p).to_string(), 8000));
+                let raw = m.payload().map(|p| {
+                    postgis::truncate(String::from_utf8_lossy(p).to_string(), MAX_QUERY_CHARS)
+                });
                 self.pre_error(window, index, None, &h.service, e.to_string(), raw, now);
+                (h.service, h.correlator, true)
             }
             Ok(n) => {
-                held.service = n.headers.service.clone();
+                let mut failed = false;
                 let log = error_log_table(&n.headers.service).ok().map(Arc::new);
                 for r in transform(&self.spec, &n, now, &self.transform) {
                     window.records += 1;
@@ -265,7 +291,7 @@ impl FlowProcessor {
                             window.item_message.push(index);
                         }
                         Err(e) => {
-                            held.failed = true;
+                            failed = true;
                             let target = e.target.clone().unwrap_or_else(|| TableRef {
                                 schema: crate::route::sanitize(&n.headers.service),
                                 table: "unknown_table".into(),
@@ -283,9 +309,9 @@ impl FlowProcessor {
                         }
                     }
                 }
+                (n.headers.service, n.headers.correlator, failed)
             }
         }
-        (held.service, held.failed)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -297,7 +323,7 @@ impl FlowProcessor {
         service: &str,
         error: String,
         query: Option<String>,
-        now: chrono::DateTime<Utc>,
+        now: DateTime<Utc>,
     ) {
         if let Ok(table) = error_log_table(service) {
             window.pre_errors.push(ErrorLogRow {
@@ -314,51 +340,49 @@ impl FlowProcessor {
         });
     }
 
-    /// Writes the window, sends dead letters, commits offsets. Returns false when cancelled
-    /// before the window could be committed (the caller stops; nothing was committed).
+    /// Writes the window (once), sends dead letters, commits offsets. Returns false when
+    /// cancelled before the offsets could be committed (the caller stops; the window is re-read
+    /// at the next start, and not written twice if it is flushed again here).
     async fn flush(
-        &self,
+        &mut self,
         window: &mut Window,
         held: &mut VecDeque<OwnedMessage>,
         cancel: &CancellationToken,
     ) -> bool {
-        let flow = self.spec.name.as_str();
-        let started = Instant::now();
-        let outcome = match self.write_with_retry(window, held, cancel).await {
-            Some(o) => o,
-            None => return false,
-        };
-        self.metrics
-            .db_write_duration
-            .with_label_values(&[flow])
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics
-            .db_batch_rows
-            .with_label_values(&[flow])
-            .observe(window.records as f64);
-        for f in &outcome.failures {
-            let message = window.item_message[f.item];
-            window.messages[message].failed = true;
-            window.failures.push(Failure {
-                message,
-                entity_index: Some(window.items[f.item].op.entity_index),
-                error: f.error.clone(),
-            });
-            tracing::debug!(flow, error = %f.error, query = %f.query, "record failed");
-        }
-        if !outcome.failures.is_empty() {
+        let flow = self.spec.name.clone();
+        let flow = flow.as_str();
+        if window.written.is_none() {
+            let Some(outcome) = self.write_with_retry(window, held, cancel).await else {
+                return false;
+            };
+            self.metrics
+                .db_batch_rows
+                .with_label_values(&[flow])
+                .observe(window.items.len() as f64);
+            for f in &outcome.failures {
+                let message = window.item_message[f.item];
+                window.messages[message].failed = true;
+                window.failures.push(Failure {
+                    message,
+                    entity_index: Some(window.items[f.item].op.entity_index),
+                    error: f.error.clone(),
+                });
+                tracing::debug!(flow, error = %f.error, query = %f.query, "record failed");
+            }
+            let from_db = outcome.failures.iter().filter(|f| f.from_database).count() as u64;
             self.metrics
                 .db_errors
                 .with_label_values(&[flow, "permanent"])
-                .inc_by(outcome.failures.len() as u64);
+                .inc_by(from_db);
+            for (table, rows) in &outcome.error_log_failures {
+                tracing::error!(flow, %table, rows, "cannot write error log; dead-letter copies only");
+                self.metrics
+                    .error_log_failures
+                    .with_label_values(&[flow])
+                    .inc_by(*rows);
+            }
+            window.written = Some(outcome);
         }
-        for e in &outcome.error_log_failures {
-            tracing::error!(flow, error = %e, "cannot write error log; dead-letter copy only");
-        }
-        self.metrics
-            .error_log_failures
-            .with_label_values(&[flow])
-            .inc_by(outcome.error_log_failures.len() as u64);
         // Dead letters are acknowledged before offsets are committed: a failed record is never
         // lost, even if the error log could not be written.
         let letters: Vec<DeadLetter> = window
@@ -375,9 +399,11 @@ impl FlowProcessor {
             .with_label_values(&[flow])
             .inc_by(letters.len() as u64);
         for f in &window.failures {
-            tracing::warn!(flow, service = %window.messages[f.message].service, offset = window.messages[f.message].msg.offset(), error = %f.error, "record sent to error log and dead letter");
+            let h = &window.messages[f.message];
+            tracing::warn!(flow, service = %h.service, correlator = h.correlator.as_deref().unwrap_or(""), partition = h.msg.partition(), offset = h.msg.offset(), error = %f.error, "record sent to error log and dead letter");
         }
         self.commit(window);
+        let outcome = window.written.take().unwrap_or_default();
         tracing::debug!(
             flow,
             messages = window.messages.len(),
@@ -396,7 +422,6 @@ impl FlowProcessor {
         m.records(flow, "deleted", outcome.deleted);
         m.records(flow, "duplicate_replayed", outcome.duplicate_replayed);
         m.records(flow, "error_logged", window.failures.len() as u64);
-        let now = Utc::now();
         m.messages_done(
             flow,
             window.messages.iter().map(|h| {
@@ -406,19 +431,22 @@ impl FlowProcessor {
                     h.received.elapsed().as_secs_f64(),
                 )
             }),
-            now,
+            Utc::now(),
         );
         *window = Window::default();
         true
     }
 
+    /// Writes the window, retrying transient failures with capped backoff while the flow's
+    /// partitions are paused. `None` when cancelled first (nothing was committed).
     async fn write_with_retry(
-        &self,
+        &mut self,
         window: &Window,
         held: &mut VecDeque<OwnedMessage>,
         cancel: &CancellationToken,
     ) -> Option<WindowOutcome> {
-        let flow = self.spec.name.as_str();
+        let flow = self.spec.name.clone();
+        let flow = flow.as_str();
         let mut backoff = backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(100))
             .with_max_delay(self.max_backoff)
@@ -427,43 +455,52 @@ impl FlowProcessor {
             .build();
         let mut paused = false;
         let result = loop {
-            match self
+            let attempt = Instant::now();
+            let written = self
                 .sink
-                .lock()
-                .await
                 .write_window(&self.spec, &window.items, &window.pre_errors, Utc::now())
-                .await
-            {
-                Ok(o) => break Some(o),
-                Err(e) => {
+                .await;
+            let e = match written {
+                Ok(o) => {
+                    // Only the successful attempt is timed: backoff is not database latency.
                     self.metrics
-                        .db_errors
-                        .with_label_values(&[flow, "transient"])
-                        .inc();
-                    if !paused {
-                        paused = true;
-                        self.status.paused.store(true, Ordering::Relaxed);
-                        self.metrics.flow_paused.with_label_values(&[flow]).set(1);
-                        if let Ok(a) = self.consumer.assignment() {
-                            let _ = self.consumer.pause(&a);
-                        }
-                        tracing::warn!(flow, error = %e, "database unavailable: flow paused, retrying");
-                    }
-                    let delay = backoff.next().unwrap_or(self.max_backoff);
-                    let sleep = tokio::time::sleep(delay);
-                    tokio::pin!(sleep);
-                    // Keep serving the consumer (rebalances, prefetched messages) while waiting.
-                    let stop = loop {
-                        tokio::select! {
-                            _ = &mut sleep => break false,
-                            _ = cancel.cancelled() => break true,
-                            r = self.consumer.recv() => if let Ok(m) = r { held.push_back(m.detach()) },
-                        }
-                    };
-                    if stop {
-                        break None;
-                    }
+                        .db_write_duration
+                        .with_label_values(&[flow])
+                        .observe(attempt.elapsed().as_secs_f64());
+                    break Some(o);
                 }
+                Err(e) => e,
+            };
+            self.metrics
+                .db_errors
+                .with_label_values(&[flow, "transient"])
+                .inc();
+            if !paused {
+                paused = true;
+                self.status.paused.store(true, Ordering::Relaxed);
+                self.metrics.flow_paused.with_label_values(&[flow]).set(1);
+                self.pause_assignment();
+                tracing::warn!(flow, error = %e, "database unavailable: flow paused, retrying");
+            }
+            let delay = backoff.next().unwrap_or(self.max_backoff);
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            // Keep serving the consumer (rebalances, prefetched messages) while waiting.
+            let stop = loop {
+                tokio::select! {
+                    _ = &mut sleep => break false,
+                    _ = cancel.cancelled() => break true,
+                    r = self.consumer.recv() => if let Ok(m) = r {
+                        held.push_back(m.detach());
+                        // A message while paused comes from a partition assigned since the
+                        // pause (assignments start unpaused): pause it too, so what is held
+                        // stays bounded by the prefetch.
+                        self.pause_assignment();
+                    },
+                }
+            };
+            if stop {
+                break None;
             }
         };
         if paused {
@@ -479,6 +516,12 @@ impl FlowProcessor {
         result
     }
 
+    fn pause_assignment(&self) {
+        if let Ok(a) = self.consumer.assignment() {
+            let _ = self.consumer.pause(&a);
+        }
+    }
+
     fn dead_letter(&self, window: &Window, f: &Failure) -> DeadLetter {
         let m = &window.messages[f.message].msg;
         let payload = m.payload();
@@ -486,16 +529,18 @@ impl FlowProcessor {
             (Some(i), Some(p)) => reduce_to_entity(p, i).or_else(|| Some(p.to_vec())),
             (_, p) => p.map(<[u8]>::to_vec),
         };
-        let mut headers: Vec<(String, Vec<u8>)> = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+        // Original headers are copied only when readable (see `header_pairs`).
+        let mut headers: Vec<(String, Vec<u8>)> = header_pairs(m)
+            .map(|pairs| {
+                pairs
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_vec()))
                     .collect()
             })
             .unwrap_or_default();
+        let error = postgis::truncate(f.error.clone(), MAX_ERROR_HEADER_CHARS);
         headers.push((dlh::FLOW.into(), self.spec.name.clone().into_bytes()));
-        headers.push((dlh::ERROR.into(), f.error.clone().into_bytes()));
+        headers.push((dlh::ERROR.into(), error.into_bytes()));
         headers.push((dlh::TOPIC.into(), self.spec.topic.clone().into_bytes()));
         headers.push((
             dlh::PARTITION.into(),
@@ -525,8 +570,10 @@ impl FlowProcessor {
                 tracing::error!(error = %e, "bad offset");
             }
         }
-        // Synchronous commit: cheap at window granularity, and a returned window is durable.
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync) {
+        // Synchronous commit, so a window counted as done is durable; block_in_place keeps the
+        // broker round trip from stalling the other tasks of this runtime thread.
+        let result = tokio::task::block_in_place(|| self.consumer.commit(&tpl, CommitMode::Sync));
+        if let Err(e) = result {
             // After a rebalance the partition may belong to another member, which re-reads
             // from the last committed offset: at least once still holds.
             tracing::warn!(flow = %self.spec.name, error = %e, "offset commit failed");

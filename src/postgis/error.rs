@@ -62,11 +62,11 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// SQLSTATEs after which the cached table metadata may be stale: undefined table/column and
-/// datatype mismatch.
+/// SQLSTATEs after which cached metadata or prepared statements may be stale: undefined
+/// table/column, datatype mismatch, and 26000 (a prepared statement the server no longer has).
 pub fn is_stale_metadata(e: &tokio_postgres::Error) -> bool {
     e.as_db_error()
-        .is_some_and(|db| matches!(db.code().code(), "42P01" | "42703" | "42804"))
+        .is_some_and(|db| matches!(db.code().code(), "42P01" | "42703" | "42804" | "26000"))
 }
 
 #[cfg(test)]

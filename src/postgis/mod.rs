@@ -23,7 +23,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Statement, Transaction};
 
 use crate::flow::transform::{OpKind, RowOp};
-use crate::flow::{FlowSpec, WriteMode};
+use crate::flow::{EntityDeleteMode, FlowSpec, WriteMode};
 use crate::ngsi::value::{bind_text, CellValue, ColumnKind};
 use crate::route::TableRef;
 use error::{classify, describe, is_stale_metadata, ErrorClass};
@@ -32,7 +32,7 @@ use sql::{Col, Literal};
 /// Longest error text stored in the error log (as the reference, §6.2).
 const MAX_ERROR_CHARS: usize = 4000;
 /// Longest readable statement stored in the error log.
-const MAX_QUERY_CHARS: usize = 8000;
+pub const MAX_QUERY_CHARS: usize = 8000;
 /// How long a table's cached column types are trusted before they are read again (besides the
 /// immediate refresh on an unknown column, a bind failure or a stale-metadata SQLSTATE).
 const METADATA_TTL: Duration = Duration::from_secs(60);
@@ -88,6 +88,9 @@ pub struct ItemFailure {
     pub error: String,
     /// Readable statement (as stored in the error log).
     pub query: String,
+    /// True when PostgreSQL rejected the row (false for values rejected before the database,
+    /// such as a value that does not fit its column's type, or a missing table or column).
+    pub from_database: bool,
 }
 
 /// What a committed window did.
@@ -104,7 +107,7 @@ pub struct WindowOutcome {
     /// Items that failed permanently; each has an error log row in the same transaction.
     pub failures: Vec<ItemFailure>,
     /// Error log tables that could not be written (reason), for logging and metrics.
-    pub error_log_failures: Vec<String>,
+    pub error_log_failures: Vec<(String, u64)>,
     /// Statements executed (for diagnostics and tests).
     pub statements: u64,
 }
@@ -117,11 +120,26 @@ pub struct Sink {
     statements: HashMap<String, Statement>,
     ensured_error_logs: HashSet<TableRef>,
     connect_timeout: Duration,
+    window_timeout: Duration,
+}
+
+/// Checks that `url` is a PostgreSQL connection string tokio-postgres accepts (start-up
+/// validation).
+///
+/// # Errors
+/// The parser's message.
+pub fn validate_url(url: &str) -> Result<(), String> {
+    url.parse::<tokio_postgres::Config>()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 impl Sink {
-    /// A sink for `url` (`postgres://user:pass@host:port/db` or key=value form); connects lazily.
-    pub fn new(url: &str) -> Self {
+    /// A sink for `url` (`postgres://user:pass@host:port/db` or key=value form); connects
+    /// lazily. A window's transaction that takes longer than `window_timeout` is abandoned as a
+    /// transient failure (its connection is dropped, so the server rolls it back): a half-open
+    /// connection or a lock wait never hangs the flow.
+    pub fn new(url: &str, window_timeout: Duration) -> Self {
         Self {
             url: url.to_string(),
             client: None,
@@ -129,6 +147,7 @@ impl Sink {
             statements: HashMap::new(),
             ensured_error_logs: HashSet::new(),
             connect_timeout: Duration::from_secs(10),
+            window_timeout,
         }
     }
 
@@ -142,7 +161,15 @@ impl Sink {
         }
         self.client = None;
         self.statements.clear();
-        let fut = tokio_postgres::connect(&self.url, NoTls);
+        let mut config: tokio_postgres::Config = self
+            .url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| TransientError(e.to_string()))?;
+        // Detect a dead peer in under a minute instead of the kernel's two hours.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30));
+        let fut = config.connect(NoTls);
         let (client, connection) = tokio::time::timeout(self.connect_timeout, fut)
             .await
             .map_err(|_| TransientError("connect timed out".into()))?
@@ -176,7 +203,19 @@ impl Sink {
         now: DateTime<Utc>,
     ) -> Result<WindowOutcome, TransientError> {
         self.connect().await?;
-        let result = self.write_window_inner(spec, items, pre_errors, now).await;
+        let limit = self.window_timeout;
+        let result = match tokio::time::timeout(
+            limit,
+            self.write_window_inner(spec, items, pre_errors, now),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(TransientError(format!(
+                "window transaction did not finish within {} ms",
+                limit.as_millis()
+            ))),
+        };
         if let Err(e) = &result {
             tracing::warn!(flow = %spec.name, error = %e.0, "database write failed, will retry");
             self.drop_connection();
@@ -224,8 +263,9 @@ impl Sink {
                 w.out.failures.push(f);
             }
         }
-        write_error_logs(&mut tx, ensured_error_logs, &log_rows, &mut out).await?;
+        let created = write_error_logs(&mut tx, ensured_error_logs, &log_rows, &mut out).await?;
         tx.commit().await.map_err(transient)?;
+        ensured_error_logs.extend(created);
         Ok(out)
     }
 }
@@ -260,7 +300,9 @@ pub fn plan(spec: &FlowSpec, items: &[WriteItem]) -> Vec<Group> {
         let round = if op.kind == OpKind::Write && spec.write_mode == WriteMode::Insert {
             0
         } else {
-            let keys: &[String] = if op.kind == OpKind::Delete {
+            // A delete removes every row of the entity, so when a flow deletes, all its
+            // operations are ordered per entity, whatever the other key columns.
+            let keys: &[String] = if spec.entity_delete == EntityDeleteMode::Delete {
                 &[]
             } else {
                 &spec.key_columns
@@ -426,6 +468,7 @@ impl Writer<'_> {
                     item: i,
                     error: message.to_string(),
                     query: untyped_query(&items[i].op),
+                    from_database: false,
                 });
             }
         };
@@ -499,6 +542,7 @@ impl Writer<'_> {
                     item: i,
                     error: format!("ERROR: {e}"),
                     query: untyped_query(&items[i].op),
+                    from_database: false,
                 }),
             }
         }
@@ -557,6 +601,7 @@ impl Writer<'_> {
             item: rows.items[k],
             error: describe(e),
             query,
+            from_database: true,
         }
     }
 
@@ -599,7 +644,6 @@ impl Writer<'_> {
                 // every row is re-run: inserted ones now conflict with themselves and are
                 // recognised as identical, so they are counted back as written.
                 let before_replayed = self.out.duplicate_replayed;
-                let before_written = self.out.written;
                 let mut failed = Vec::new();
                 for k in 0..rows.len() {
                     match Box::pin(self.run_rows(tx, group, cols, &rows.single(k))).await? {
@@ -610,8 +654,6 @@ impl Writer<'_> {
                 }
                 // n rows were inserted by the group statement and then seen as replays.
                 let replayed_here = self.out.duplicate_replayed - before_replayed;
-                let inserted_alone = self.out.written - before_written;
-                let _ = inserted_alone;
                 self.out.duplicate_replayed -= n.min(replayed_here);
                 self.out.written += n.min(replayed_here);
                 if !failed.is_empty() {
@@ -810,12 +852,15 @@ pub fn truncate(s: String, max: usize) -> String {
     format!("{kept}... [truncated {} chars]", count - max)
 }
 
+/// Writes error log rows, creating each tenant's schema and table on first use. Returns the
+/// tables created or confirmed here; the caller records them only once the transaction
+/// committed (a rolled-back window must create them again).
 async fn write_error_logs(
     tx: &mut Transaction<'_>,
-    ensured: &mut HashSet<TableRef>,
+    ensured: &HashSet<TableRef>,
     rows: &[ErrorLogRow],
     out: &mut WindowOutcome,
-) -> Result<(), TransientError> {
+) -> Result<Vec<TableRef>, TransientError> {
     let mut by_table: Vec<(&TableRef, Vec<&ErrorLogRow>)> = Vec::new();
     for r in rows {
         match by_table.iter_mut().find(|(t, _)| *t == &r.table) {
@@ -823,19 +868,22 @@ async fn write_error_logs(
             None => by_table.push((&r.table, vec![r])),
         }
     }
+    let mut created = Vec::new();
     for (table, rows) in by_table {
         let ts: Vec<DateTime<Utc>> = rows.iter().map(|r| r.timestamp).collect();
         let errors: Vec<String> = rows
             .iter()
-            .map(|r| truncate(r.error.clone(), MAX_ERROR_CHARS))
+            .map(|r| storable(truncate(r.error.clone(), MAX_ERROR_CHARS)))
             .collect();
-        let queries: Vec<Option<String>> = rows.iter().map(|r| r.query.clone()).collect();
+        let queries: Vec<Option<String>> =
+            rows.iter().map(|r| r.query.clone().map(storable)).collect();
+        let mut create = !ensured.contains(table);
         let mut attempt = 0;
         loop {
             attempt += 1;
             let sp = tx.transaction().await.map_err(transient)?;
             let result = async {
-                if !ensured.contains(table) {
+                if create {
                     sp.batch_execute(&sql::create_error_log(table)).await?;
                 }
                 sp.execute(&sql::insert_error_log(table), &[&ts, &errors, &queries])
@@ -845,26 +893,41 @@ async fn write_error_logs(
             match result {
                 Ok(_) => {
                     sp.commit().await.map_err(transient)?;
-                    ensured.insert(table.clone());
+                    created.push(table.clone());
                     break;
                 }
                 Err(e) if classify(&e) == ErrorClass::Transient => return Err(transient(e)),
                 Err(e) => {
                     sp.rollback().await.map_err(transient)?;
-                    // Two flows creating the same schema at once race on the catalog's unique
-                    // index; the second attempt finds it created.
-                    if attempt < 2 && e.as_db_error().is_some_and(|d| d.code().code() == "23505") {
+                    let code = e
+                        .as_db_error()
+                        .map(|d| d.code().code().to_string())
+                        .unwrap_or_default();
+                    // 23505: two flows created the same schema at once (the catalog's unique
+                    // index); 42P01/3F000: the table or schema was dropped since it was
+                    // created. A second attempt (re)creates it.
+                    if attempt < 2 && matches!(code.as_str(), "23505" | "42P01" | "3F000") {
+                        create = true;
                         continue;
                     }
-                    ensured.remove(table);
                     out.error_log_failures
-                        .push(format!("{}: {}", table, describe(&e)));
+                        .push((format!("{}: {}", table, describe(&e)), rows.len() as u64));
                     break;
                 }
             }
         }
     }
-    Ok(())
+    Ok(created)
+}
+
+/// PostgreSQL text cannot hold NUL characters: they are written as `\0` so that one such value
+/// does not lose the tenant's whole error log batch.
+fn storable(s: String) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\\0")
+    } else {
+        s
+    }
 }
 
 /// True when a fresh connection to `url` answers `SELECT 1` within `timeout` (`/ready`).
