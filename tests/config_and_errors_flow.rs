@@ -60,7 +60,22 @@ async fn connect_dead_letters_and_failed_deletes_reach_the_error_log() {
     let broker = Broker::start();
     let db = TestDb::create("ngsiflow_t_errors").await;
     create_topics(&broker.addr, &["smc_raw_errors", "smc_raw_lastdata"], 1).await;
+    // A tenant whose error log exists with the wrong shape: its Connect record cannot become a
+    // row, so it must become a dead letter instead of vanishing.
+    db.client
+        .batch_execute("CREATE SCHEMA broken; CREATE TABLE broken.broken_error_log (x int)")
+        .await
+        .unwrap();
     let p = TestProducer::new(&broker.addr);
+    p.send(
+        "smc_raw_errors",
+        &[
+            ("__connect.errors.topic", "smc_broken_historic_processed"),
+            ("__connect.errors.exception.message", "ERROR: lost?"),
+        ],
+        r#"{"entityid":"B"}"#,
+    )
+    .await;
     p.send(
         "smc_raw_errors",
         &[
@@ -120,6 +135,30 @@ async fn connect_dead_letters_and_failed_deletes_reach_the_error_log() {
         metrics.contains("ngsiflow_dead_letter_total{flow=\"lastdata\"} 1"),
         "{metrics}"
     );
-    assert!(metrics.contains("ngsiflow_dead_letter_total{flow=\"errors\"} 0"));
-    assert!(metrics.contains("ngsiflow_records_total{flow=\"errors\",outcome=\"written\"} 1"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let (_, m) = w.get("/metrics").await;
+        if m.contains("ngsiflow_dead_letter_total{flow=\"errors\"} 1")
+            || std::time::Instant::now() > deadline
+        {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        metrics.contains("ngsiflow_dead_letter_total{flow=\"errors\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ngsiflow_error_log_failures_total{flow=\"errors\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ngsiflow_records_total{flow=\"errors\",outcome=\"written\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ngsiflow_records_total{flow=\"errors\",outcome=\"error_logged\"} 1"),
+        "{metrics}"
+    );
 }

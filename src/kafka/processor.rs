@@ -72,6 +72,8 @@ struct Window {
     items: Vec<WriteItem>,
     item_message: Vec<usize>,
     pre_errors: Vec<ErrorLogRow>,
+    /// The message each `pre_errors` row came from.
+    pre_error_message: Vec<usize>,
     failures: Vec<Failure>,
     records: usize,
     connect_rows: u64,
@@ -249,6 +251,7 @@ impl FlowProcessor {
             return match error_log_table(&ce.service) {
                 Ok(table) => {
                     window.connect_rows += 1;
+                    window.pre_error_message.push(index);
                     window.pre_errors.push(ErrorLogRow {
                         table,
                         timestamp: now,
@@ -326,6 +329,7 @@ impl FlowProcessor {
         now: DateTime<Utc>,
     ) {
         if let Ok(table) = error_log_table(service) {
+            window.pre_error_message.push(message);
             window.pre_errors.push(ErrorLogRow {
                 table,
                 timestamp: now,
@@ -374,12 +378,27 @@ impl FlowProcessor {
                 .db_errors
                 .with_label_values(&[flow, "permanent"])
                 .inc_by(from_db);
-            for (table, rows) in &outcome.error_log_failures {
-                tracing::error!(flow, %table, rows, "cannot write error log; dead-letter copies only");
+            for f in &outcome.error_log_failures {
+                tracing::error!(flow, table = %f.table, error = %f.error, rows = f.rows, "cannot write error log; dead-letter copies only");
                 self.metrics
                     .error_log_failures
                     .with_label_values(&[flow])
-                    .inc_by(*rows);
+                    .inc_by(f.rows);
+                if self.spec.kind == FlowKind::ConnectErrors {
+                    // For the errors flow the error log row *is* the record: one that could not
+                    // be written becomes a dead letter instead of vanishing.
+                    for (row, &message) in window.pre_errors.iter().zip(&window.pre_error_message) {
+                        if row.table == f.table {
+                            window.connect_rows -= 1;
+                            window.messages[message].failed = true;
+                            window.failures.push(Failure {
+                                message,
+                                entity_index: None,
+                                error: format!("cannot write the error log: {}", f.error),
+                            });
+                        }
+                    }
+                }
             }
             window.written = Some(outcome);
         }

@@ -79,6 +79,17 @@ pub struct ErrorLogRow {
     pub query: Option<String>,
 }
 
+/// An error log table that could not be written in a window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorLogFailure {
+    /// The table.
+    pub table: TableRef,
+    /// PostgreSQL's error.
+    pub error: String,
+    /// Rows that were to go there.
+    pub rows: u64,
+}
+
 /// A write item that failed permanently.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ItemFailure {
@@ -106,8 +117,9 @@ pub struct WindowOutcome {
     pub duplicate_replayed: u64,
     /// Items that failed permanently; each has an error log row in the same transaction.
     pub failures: Vec<ItemFailure>,
-    /// Error log tables that could not be written (reason), for logging and metrics.
-    pub error_log_failures: Vec<(String, u64)>,
+    /// Error log tables that could not be written, with PostgreSQL's reason and the number of
+    /// rows lost from that table (their records still get dead-letter copies).
+    pub error_log_failures: Vec<ErrorLogFailure>,
     /// Statements executed (for diagnostics and tests).
     pub statements: u64,
 }
@@ -910,8 +922,11 @@ async fn write_error_logs(
                         create = true;
                         continue;
                     }
-                    out.error_log_failures
-                        .push((format!("{}: {}", table, describe(&e)), rows.len() as u64));
+                    out.error_log_failures.push(ErrorLogFailure {
+                        table: table.clone(),
+                        error: describe(&e),
+                        rows: rows.len() as u64,
+                    });
                     break;
                 }
             }
