@@ -1,7 +1,7 @@
-//! Restart safety: a worker killed mid-stream (SIGKILL) and one stopped gracefully (SIGTERM)
-//! are restarted; every record ends up in its table exactly once and nothing is error-logged.
-//! The producer sends one record per batch (shared NOTES: tansu loses the rest of a batch when a
-//! consumer resumes inside it).
+//! Restart and rebalance safety: a worker killed mid-stream (SIGKILL), one stopped gracefully
+//! (SIGTERM), and a second worker joining and leaving the consumer group mid-stream; every record
+//! ends up in its table exactly once and nothing is error-logged. The producer sends one record
+//! per batch (shared NOTES: tansu loses the rest of a batch when a consumer resumes inside it).
 
 mod common;
 
@@ -11,19 +11,21 @@ use common::*;
 use serde_json::json;
 
 const N: usize = 1500;
+/// A short session timeout lets the group drop a killed member quickly (default 45 s).
+const ARGS: [&str; 6] = [
+    "--batch-size",
+    "40",
+    "-X",
+    "session.timeout.ms=6000",
+    "-X",
+    "heartbeat.interval.ms=500",
+];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restarts_write_every_record_exactly_once() {
-    let broker = Broker::start();
-    let db = TestDb::create("ngsiflow_t_restart").await;
-    create_topics(
-        &broker.addr,
-        &["raw_historic", "raw_lastdata", "raw_mutable"],
-        3,
-    )
-    .await;
-    let addr = broker.addr.clone();
-    let producer = tokio::spawn(async move {
+/// Produces N notifications to the three raw topics, paced (about 10 s in all) so that restarts
+/// and rebalances happen while records still arrive. Entity `E{i % 10}`, `count = i`.
+fn produce_paced(addr: &str) -> tokio::task::JoinHandle<()> {
+    let addr = addr.to_string();
+    tokio::spawn(async move {
         let p = TestProducer::new(&addr);
         let h = headers("demo", "/city");
         for i in 0..N {
@@ -38,54 +40,19 @@ async fn restarts_write_every_record_exactly_once() {
             for t in ["raw_historic", "raw_lastdata", "raw_mutable"] {
                 p.send(t, &h, &v).await;
             }
-            // paced (about 10 s in all) so that both restarts happen while records still arrive
             tokio::time::sleep(Duration::from_millis(6)).await;
         }
         p.flush();
-    });
-    // A short session timeout lets the group drop the killed member quickly (default 45 s).
-    let args = [
-        "--batch-size",
-        "40",
-        "-X",
-        "session.timeout.ms=6000",
-        "-X",
-        "heartbeat.interval.ms=500",
-    ];
-    let mut w1 = Worker::start(&broker.addr, &db.url, "restart", &args);
-    let seen = db
-        .wait_count("demo.city_sensor", 300, Duration::from_secs(60))
-        .await;
-    assert!(
-        seen >= 300,
-        "first worker made progress: {seen}\n{}",
-        w1.logs()
-    );
-    w1.kill(); // crash: the uncommitted tail is re-read by the next worker
-    let crashed_at = db.count("demo.city_sensor").await;
-    eprintln!("killed first worker at {crashed_at} rows");
-    let mut w2 = Worker::start(&broker.addr, &db.url, "restart", &args);
-    let target = (crashed_at + 200).min(N as i64);
-    let seen = db
-        .wait_count("demo.city_sensor", target, Duration::from_secs(60))
-        .await;
-    assert!(
-        seen >= target,
-        "second worker made progress ({crashed_at} → {seen})\n{}",
-        w2.logs()
-    );
-    assert_eq!(w2.stop(), Some(0), "graceful stop exits 0\n{}", w2.logs());
-    let stopped_at = db.count("demo.city_sensor").await;
-    eprintln!("stopped second worker at {stopped_at} rows");
-    producer.await.unwrap();
-    let w3 = Worker::start(&broker.addr, &db.url, "restart", &args);
+    })
+}
+
+async fn assert_every_record_once(db: &TestDb, logs: &str) {
     let n = N as i64;
     assert_eq!(
         db.wait_count("demo.city_sensor", n, Duration::from_secs(120))
             .await,
         n,
-        "historic\n{}",
-        w3.logs()
+        "historic\n{logs}"
     );
     assert_eq!(
         db.wait_count("demo.city_sensor_mutable", n, Duration::from_secs(60))
@@ -114,10 +81,9 @@ async fn restarts_write_every_record_exactly_once() {
         .await
         .unwrap();
     let got: Vec<(String, i32)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let want: Vec<(String, i32)> = (0..10)
+    let mut want: Vec<(String, i32)> = (0..10)
         .map(|e| (format!("E{e}"), (N - 10 + e) as i32))
         .collect();
-    let mut want = want;
     want.sort();
     assert_eq!(got, want);
     assert!(
@@ -125,8 +91,85 @@ async fn restarts_write_every_record_exactly_once() {
         "replays are not errors: {:?}",
         db.error_rows("demo").await
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_write_every_record_exactly_once() {
+    let broker = Broker::start();
+    let db = TestDb::create("ngsiflow_t_restart").await;
+    create_topics(
+        &broker.addr,
+        &["raw_historic", "raw_lastdata", "raw_mutable"],
+        3,
+    )
+    .await;
+    let producer = produce_paced(&broker.addr);
+    let mut w1 = Worker::start(&broker.addr, &db.url, "restart", &ARGS);
+    let seen = db
+        .wait_count("demo.city_sensor", 300, Duration::from_secs(60))
+        .await;
+    assert!(
+        seen >= 300,
+        "first worker made progress: {seen}\n{}",
+        w1.logs()
+    );
+    w1.kill(); // crash: the uncommitted tail is re-read by the next worker
+    let crashed_at = db.count("demo.city_sensor").await;
+    let mut w2 = Worker::start(&broker.addr, &db.url, "restart", &ARGS);
+    let target = (crashed_at + 200).min(N as i64);
+    let seen = db
+        .wait_count("demo.city_sensor", target, Duration::from_secs(60))
+        .await;
+    assert!(
+        seen >= target,
+        "second worker made progress ({crashed_at} → {seen})\n{}",
+        w2.logs()
+    );
+    assert_eq!(w2.stop(), Some(0), "graceful stop exits 0\n{}", w2.logs());
+    let stopped_at = db.count("demo.city_sensor").await;
+    producer.await.unwrap();
+    let w3 = Worker::start(&broker.addr, &db.url, "restart", &ARGS);
+    assert_every_record_once(&db, &w3.logs()).await;
+    let n = N as i64;
     assert!(
         crashed_at < n && stopped_at < n,
         "restarts happened mid-stream ({crashed_at}, {stopped_at})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_joining_and_leaving_the_group_lose_and_duplicate_nothing() {
+    let broker = Broker::start();
+    let db = TestDb::create("ngsiflow_t_rebalance").await;
+    create_topics(
+        &broker.addr,
+        &["raw_historic", "raw_lastdata", "raw_mutable"],
+        3,
+    )
+    .await;
+    let producer = produce_paced(&broker.addr);
+    let mut w1 = Worker::start(&broker.addr, &db.url, "rebalance", &ARGS);
+    let seen = db
+        .wait_count("demo.city_sensor", 200, Duration::from_secs(60))
+        .await;
+    assert!(seen >= 200, "{}", w1.logs());
+    // A second member joins: partitions are revoked from the first and shared.
+    let w2 = Worker::start(&broker.addr, &db.url, "rebalance", &ARGS);
+    let joined_at = db.count("demo.city_sensor").await;
+    let target = (joined_at + 300).min(N as i64);
+    assert!(
+        db.wait_count("demo.city_sensor", target, Duration::from_secs(60))
+            .await
+            >= target,
+        "{}",
+        w2.logs()
+    );
+    // The first leaves: the second takes everything over.
+    assert_eq!(w1.stop(), Some(0));
+    producer.await.unwrap();
+    assert_every_record_once(&db, &w2.logs()).await;
+    assert!(
+        joined_at < N as i64,
+        "the rebalance happened mid-stream ({joined_at})"
     );
 }

@@ -38,6 +38,9 @@ pub struct FlowStatus {
     pub paused: AtomicBool,
     /// True once the processor loop runs (set false when it ends).
     pub running: AtomicBool,
+    /// Partitions revoked since the processor last looked: their uncommitted messages are
+    /// dropped from the window, because their new owner re-reads them from the committed offset.
+    pub revoked: std::sync::Mutex<Vec<i32>>,
 }
 
 impl FlowStatus {
@@ -103,6 +106,9 @@ impl ConsumerContext for FlowContext {
                 tracing::info!(flow = %self.flow, partitions = n, "partitions assigned");
             }
             Rebalance::Revoke(tpl) => {
+                if let Ok(mut r) = self.status.revoked.lock() {
+                    r.extend(tpl.elements().iter().map(|e| e.partition()));
+                }
                 for e in tpl.elements() {
                     let _ = self.metrics.consumer_lag.remove_label_values(&[
                         &self.flow,

@@ -102,6 +102,16 @@ pub enum ProcessorError {
     },
 }
 
+/// How a write attempt loop ended.
+enum Retry {
+    /// The window's transaction committed.
+    Written(WindowOutcome),
+    /// Shutdown came first; nothing was committed.
+    Cancelled,
+    /// Partitions were revoked meanwhile; nothing was committed.
+    Revoked,
+}
+
 /// Clears `running` however the processor ends (return, error or panic), so `/ready` and
 /// `/health` never report a dead flow as alive.
 struct RunningGuard(Arc<FlowStatus>);
@@ -174,9 +184,13 @@ impl FlowProcessor {
                         Ok(m) => {
                             let owned = m.detach();
                             drop(m);
+                            // A rebalance is served inside recv(): drop what was revoked before
+                            // adding a message of the (possibly new) assignment.
+                            self.drop_revoked(&mut window, &mut held);
                             self.add(&mut window, owned);
                         }
                         Err(e) => {
+                            self.drop_revoked(&mut window, &mut held);
                             tracing::warn!(flow = %self.spec.name, error = %e, "kafka consumer error");
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
@@ -356,8 +370,14 @@ impl FlowProcessor {
         let flow = self.spec.name.clone();
         let flow = flow.as_str();
         if window.written.is_none() {
-            let Some(outcome) = self.write_with_retry(window, held, cancel).await else {
-                return false;
+            let outcome = match self.write_with_retry(window, held, cancel).await {
+                Retry::Written(o) => o,
+                Retry::Cancelled => return false,
+                Retry::Revoked => {
+                    // Nothing was written: keep only what is still ours; it is flushed later.
+                    self.drop_revoked(window, held);
+                    return true;
+                }
             };
             self.metrics
                 .db_batch_rows
@@ -457,13 +477,14 @@ impl FlowProcessor {
     }
 
     /// Writes the window, retrying transient failures with capped backoff while the flow's
-    /// partitions are paused. `None` when cancelled first (nothing was committed).
+    /// partitions are paused. Stops without writing when cancelled or when partitions are
+    /// revoked meanwhile (their messages belong to another member now).
     async fn write_with_retry(
         &mut self,
         window: &Window,
         held: &mut VecDeque<OwnedMessage>,
         cancel: &CancellationToken,
-    ) -> Option<WindowOutcome> {
+    ) -> Retry {
         let flow = self.spec.name.clone();
         let flow = flow.as_str();
         let mut backoff = backon::ExponentialBuilder::default()
@@ -486,7 +507,7 @@ impl FlowProcessor {
                         .db_write_duration
                         .with_label_values(&[flow])
                         .observe(attempt.elapsed().as_secs_f64());
-                    break Some(o);
+                    break Retry::Written(o);
                 }
                 Err(e) => e,
             };
@@ -507,19 +528,24 @@ impl FlowProcessor {
             // Keep serving the consumer (rebalances, prefetched messages) while waiting.
             let stop = loop {
                 tokio::select! {
-                    _ = &mut sleep => break false,
-                    _ = cancel.cancelled() => break true,
-                    r = self.consumer.recv() => if let Ok(m) = r {
-                        held.push_back(m.detach());
-                        // A message while paused comes from a partition assigned since the
-                        // pause (assignments start unpaused): pause it too, so what is held
-                        // stays bounded by the prefetch.
-                        self.pause_assignment();
-                    },
+                    _ = &mut sleep => break None,
+                    _ = cancel.cancelled() => break Some(Retry::Cancelled),
+                    r = self.consumer.recv() => {
+                        if let Ok(m) = r {
+                            held.push_back(m.detach());
+                            // A message while paused comes from a partition assigned since the
+                            // pause (assignments start unpaused): pause it too, so what is held
+                            // stays bounded by the prefetch.
+                            self.pause_assignment();
+                        }
+                        if self.status.revoked.lock().is_ok_and(|r| !r.is_empty()) {
+                            break Some(Retry::Revoked);
+                        }
+                    }
                 }
             };
-            if stop {
-                break None;
+            if let Some(stop) = stop {
+                break stop;
             }
         };
         if paused {
@@ -528,11 +554,39 @@ impl FlowProcessor {
             }
             self.status.paused.store(false, Ordering::Relaxed);
             self.metrics.flow_paused.with_label_values(&[flow]).set(0);
-            if result.is_some() {
+            if matches!(result, Retry::Written(_)) {
                 tracing::info!(flow, "database reachable again: flow resumed");
             }
         }
         result
+    }
+
+    /// Drops the messages of revoked partitions from the window (and the held queue): their
+    /// new owner re-reads them from the committed offset, and writing them here too could
+    /// apply an older record after a newer one. The rest of the window is rebuilt.
+    fn drop_revoked(&self, window: &mut Window, held: &mut VecDeque<OwnedMessage>) {
+        let revoked: Vec<i32> = match self.status.revoked.lock() {
+            Ok(mut r) if !r.is_empty() => std::mem::take(&mut *r),
+            _ => return,
+        };
+        held.retain(|m| !revoked.contains(&m.partition()));
+        if !window
+            .messages
+            .iter()
+            .any(|h| revoked.contains(&h.msg.partition()))
+        {
+            return;
+        }
+        let old = std::mem::take(window);
+        let dropped = old.messages.len();
+        for h in old
+            .messages
+            .into_iter()
+            .filter(|h| !revoked.contains(&h.msg.partition()))
+        {
+            self.add(window, h.msg);
+        }
+        tracing::info!(flow = %self.spec.name, partitions = ?revoked, dropped = dropped - window.messages.len(), "partitions revoked: their uncommitted messages are left to the new owner");
     }
 
     fn pause_assignment(&self) {

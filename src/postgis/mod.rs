@@ -682,7 +682,8 @@ impl Writer<'_> {
                     .filter(|(c, _)| c.name != "recvtime")
                     .collect();
                 let check_cols: Vec<Col<'_>> = compare.iter().map(|(c, _)| c.clone()).collect();
-                let check = sql::identical_row_exists(&group.target, &check_cols);
+                let check =
+                    sql::identical_row_exists(&group.target, &check_cols, &self.spec.key_columns);
                 let params: Vec<&(dyn ToSql + Sync)> = compare
                     .iter()
                     .map(|(_, v)| *v as &(dyn ToSql + Sync))

@@ -112,24 +112,24 @@ pub fn write_statement(
     sql
 }
 
-/// Whether a stored row equals the given values in every listed column (`IS NOT DISTINCT
-/// FROM`; json columns compared as jsonb since json has no equality). One `text` parameter per
-/// column. Used to recognise an identical historic replay.
-pub fn identical_row_exists(table: &TableRef, cols: &[Col<'_>]) -> String {
+/// Whether a stored row equals the given values in every listed column. One `text` parameter
+/// per column. Used to recognise an identical historic replay.
+///
+/// Key columns are compared with `=` so the table's key index finds the row (historic tables
+/// are large); the other columns by their text output (`IS NOT DISTINCT FROM` on `::text`), which
+/// works for every type, including those without an equality operator (json, point, xml).
+pub fn identical_row_exists(table: &TableRef, cols: &[Col<'_>], keys: &[String]) -> String {
     let conds: Vec<String> = cols
         .iter()
         .enumerate()
         .map(|(i, c)| {
             let n = i + 1;
-            if c.sql_type == "json" {
-                format!(
-                    "{}::jsonb IS NOT DISTINCT FROM ${n}::text::jsonb",
-                    quote_ident(c.name)
-                )
+            let col = quote_ident(c.name);
+            if keys.iter().any(|k| k == c.name) {
+                format!("{col} = ${n}::text::{}", c.sql_type)
             } else {
                 format!(
-                    "{} IS NOT DISTINCT FROM ${n}::text::{}",
-                    quote_ident(c.name),
+                    "{col}::text IS NOT DISTINCT FROM (${n}::text::{})::text",
                     c.sql_type
                 )
             }
@@ -283,8 +283,12 @@ mod tests {
     }
 
     #[test]
-    fn replay_check_compares_json_as_jsonb() {
+    fn replay_check_uses_the_key_index_and_text_for_the_rest() {
         let cols = [
+            Col {
+                name: "entityid",
+                sql_type: "text",
+            },
             Col {
                 name: "j",
                 sql_type: "json",
@@ -295,8 +299,8 @@ mod tests {
             },
         ];
         assert_eq!(
-            identical_row_exists(&t(), &cols),
-            "SELECT EXISTS (SELECT 1 FROM \"acme\".\"p_t_lastdata\" WHERE \"j\"::jsonb IS NOT DISTINCT FROM $1::text::jsonb AND \"g\" IS NOT DISTINCT FROM $2::text::geometry(Point,4326))"
+            identical_row_exists(&t(), &cols, &["entityid".into(), "timeinstant".into()]),
+            "SELECT EXISTS (SELECT 1 FROM \"acme\".\"p_t_lastdata\" WHERE \"entityid\" = $1::text::text AND \"j\"::text IS NOT DISTINCT FROM ($2::text::json)::text AND \"g\"::text IS NOT DISTINCT FROM ($3::text::geometry(Point,4326))::text)"
         );
     }
 }
