@@ -672,6 +672,82 @@ fn reduce_to_entity(payload: &[u8], index: usize) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
+    /// A processor whose clients never connect (nothing here reaches a broker or database).
+    fn offline_processor(flow: &str) -> FlowProcessor {
+        let path = format!("{}/flows/{flow}.toml", env!("CARGO_MANIFEST_DIR"));
+        let file: crate::flow::FlowFile =
+            toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let spec = file.resolve(&path, "", "t").unwrap();
+        let metrics = Arc::new(Metrics::new(&[spec.name.clone()], 10));
+        let status = Arc::new(FlowStatus::default());
+        let base = crate::kafka::client_config("127.0.0.1:1", &[]);
+        let mut c = base.clone();
+        c.set("group.id", "t");
+        FlowProcessor {
+            consumer: c
+                .create_with_context(FlowContext::new(
+                    &spec.name,
+                    metrics.clone(),
+                    status.clone(),
+                ))
+                .unwrap(),
+            sink: Sink::new("postgres://127.0.0.1:1/x", Duration::from_secs(1)),
+            dead_letters: Arc::new(DeadLetterProducer::new(&base, "dl").unwrap()),
+            metrics,
+            status,
+            transform: TransformOptions::default(),
+            batch_size: 500,
+            linger: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            topic_prefix: String::new(),
+            spec,
+        }
+    }
+
+    fn record(partition: i32, offset: i64, id: &str) -> OwnedMessage {
+        let value = format!(
+            r#"{{"data":[{{"id":"{id}","type":"T","TimeInstant":{{"type":"DateTime","value":"2026-01-01T00:00:00Z"}}}}]}}"#
+        );
+        OwnedMessage::new(
+            Some(value.into_bytes()),
+            None,
+            "raw_historic".into(),
+            rdkafka::Timestamp::NotAvailable,
+            partition,
+            offset,
+            None,
+        )
+    }
+
+    #[tokio::test]
+    async fn revoked_partitions_leave_the_window_and_the_rest_is_rebuilt() {
+        let p = offline_processor("historic");
+        let mut window = Window::default();
+        for (i, part) in [0, 1, 2, 1, 0].into_iter().enumerate() {
+            p.add(&mut window, record(part, i as i64, &format!("E{i}")));
+        }
+        let mut held: VecDeque<OwnedMessage> = [record(1, 9, "H1"), record(2, 9, "H2")].into();
+        p.status.revoked.lock().unwrap().push(1);
+        p.drop_revoked(&mut window, &mut held);
+        let kept: Vec<(i32, i64)> = window
+            .messages
+            .iter()
+            .map(|h| (h.msg.partition(), h.msg.offset()))
+            .collect();
+        assert_eq!(kept, [(0, 0), (2, 2), (0, 4)]);
+        assert_eq!(
+            window.items.len(),
+            3,
+            "items rebuilt for the kept messages only"
+        );
+        assert_eq!(window.item_message, [0, 1, 2]);
+        assert_eq!(held.iter().map(|m| m.partition()).collect::<Vec<_>>(), [2]);
+        assert!(
+            p.status.revoked.lock().unwrap().is_empty(),
+            "revocations are consumed"
+        );
+    }
+
     #[test]
     fn dead_letter_value_keeps_only_the_failed_entity() {
         let p = br#"{"subscriptionId":"s","data":[{"id":"A"},{"id":"B"}]}"#;
