@@ -678,7 +678,7 @@ mod tests {
         let file: crate::flow::FlowFile =
             toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let spec = file.resolve(&path, "", "t").unwrap();
-        let metrics = Arc::new(Metrics::new(&[spec.name.clone()], 10));
+        let metrics = Arc::new(Metrics::new(std::slice::from_ref(&spec.name), 10));
         let status = Arc::new(FlowStatus::default());
         let base = crate::kafka::client_config("127.0.0.1:1", &[]);
         let mut c = base.clone();
