@@ -8,4 +8,4 @@ source scripts/lib.sh
 bash scripts/install-deps.sh >/dev/null
 ensure_postgres
 # Test binaries run one after another; tests inside a binary run two at a time (2 cores).
-cargo test --all-targets --locked -- --test-threads=2 "$@"
+cargo test --lib --bins --tests --locked -- --test-threads=2 "$@"
