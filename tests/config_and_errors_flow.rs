@@ -120,35 +120,12 @@ async fn connect_dead_letters_and_failed_deletes_reach_the_error_log() {
         )]
     );
     // The prefixed dead-letter topic exists and got the failed delete, not the Connect record.
-    // (metrics are updated once the dead letters are acknowledged, just after the commit)
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let metrics = loop {
-        let (_, m) = w.get("/metrics").await;
-        if m.contains("ngsiflow_dead_letter_total{flow=\"lastdata\"} 1")
-            || std::time::Instant::now() > deadline
-        {
-            break m;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(
-        metrics.contains("ngsiflow_dead_letter_total{flow=\"lastdata\"} 1"),
-        "{metrics}"
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let metrics = loop {
-        let (_, m) = w.get("/metrics").await;
-        if m.contains("ngsiflow_dead_letter_total{flow=\"errors\"} 1")
-            || std::time::Instant::now() > deadline
-        {
-            break m;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(
-        metrics.contains("ngsiflow_dead_letter_total{flow=\"errors\"} 1"),
-        "{metrics}"
-    );
+    let t = Duration::from_secs(30);
+    w.wait_metric("ngsiflow_dead_letter_total{flow=\"lastdata\"} 1", t)
+        .await;
+    let metrics = w
+        .wait_metric("ngsiflow_dead_letter_total{flow=\"errors\"} 1", t)
+        .await;
     assert!(
         metrics.contains("ngsiflow_error_log_failures_total{flow=\"errors\"} 1"),
         "{metrics}"

@@ -255,6 +255,25 @@ impl Worker {
         http(&self.admin, "GET", path, &[], "").await
     }
 
+    /// Polls `/metrics` until the scrape contains `needle` (a whole `series value` line or part
+    /// of one); returns that scrape. Metrics move just after a window commits, so tests that
+    /// see rows in the database wait for them here.
+    pub async fn wait_metric(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (_, m) = self.get("/metrics").await;
+            if m.contains(needle) {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "metrics never showed {needle:?}:\n{m}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until `/ready` answers 200.
     pub async fn wait_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
