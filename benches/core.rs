@@ -39,7 +39,7 @@ fn main() {
         for _ in 0..rounds {
             for p in &payloads {
                 let n = decode(Some(p), &headers).expect("sample decodes");
-                for op in transform(spec, &n, Utc::now(), &opts).into_iter().flatten() {
+                for op in transform(spec, n, Utc::now(), &opts).into_iter().flatten() {
                     records += 1;
                     for (name, v) in &op.columns {
                         let kind = column_kind(name, v);

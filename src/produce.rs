@@ -345,7 +345,7 @@ mod tests {
                     ],
                 )
                 .unwrap();
-                for r in transform(spec, &n, Utc::now(), &opts) {
+                for r in transform(spec, n, Utc::now(), &opts) {
                     let op =
                         r.unwrap_or_else(|e| panic!("{} sample {i}: {}", spec.name, e.message));
                     assert!(op.target.table.starts_with("city_"), "{}", op.target);

@@ -60,7 +60,7 @@ fn decode_and_transform_match_the_golden_files() {
         let got = match decode(Some(value.as_bytes()), &pairs) {
             Err(e) => json!({"decode_error": e.to_string()}),
             Ok(n) => Value::Array(
-                transform(spec, &n, recv, &TransformOptions::default())
+                transform(spec, n, recv, &TransformOptions::default())
                     .into_iter()
                     .map(|r| match r {
                         Ok(op) => json!({

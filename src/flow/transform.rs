@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 
 use super::{EntityDeleteMode, FlowSpec};
 use crate::ngsi::value::{AttrValue, CellValue};
-use crate::ngsi::{geo, time, Entity, Notification};
+use crate::ngsi::{geo, time, Entity, NgsiHeaders, Notification};
 use crate::route::{self, check_identifier, Datamodel, TableRef};
 
 /// Settings transform needs besides the flow.
@@ -85,32 +85,36 @@ const STANDARD: [&str; 5] = [
     "recvtime",
 ];
 
-/// Turns a notification into one result per entity, in order.
+/// Turns a notification into one result per entity, in order. The notification is consumed:
+/// attribute values move into the rows instead of being copied.
 ///
 /// `recv_time` is the processing time written to `recvtime` (passed in: transform reads no
 /// clock).
 pub fn transform(
     spec: &FlowSpec,
-    notification: &Notification,
+    notification: Notification,
     recv_time: DateTime<Utc>,
     opts: &TransformOptions,
 ) -> Vec<Result<RowOp, RecordError>> {
-    let datamodel = match &notification.headers.datamodel {
+    let Notification {
+        headers, entities, ..
+    } = notification;
+    let datamodel = match &headers.datamodel {
         Some(name) => name.parse::<Datamodel>(),
         None => Ok(opts.default_datamodel),
     };
-    notification
-        .entities
-        .iter()
+    entities
+        .into_iter()
         .enumerate()
-        .map(|(i, e)| record(spec, notification, e, i, &datamodel, recv_time, opts))
+        .map(|(i, e)| record(spec, &headers, e, i, &datamodel, recv_time, opts))
         .collect()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn record(
     spec: &FlowSpec,
-    n: &Notification,
-    entity: &Entity,
+    headers: &NgsiHeaders,
+    entity: Entity,
     index: usize,
     datamodel: &Result<Datamodel, route::RouteError>,
     recv_time: DateTime<Utc>,
@@ -133,7 +137,7 @@ fn record(
     }
     columns.push((
         "fiwareservicepath".into(),
-        CellValue::Text(n.headers.servicepath.clone()),
+        CellValue::Text(headers.servicepath.clone()),
     ));
     let Some(entity_type) = &entity.entity_type else {
         return Err(fail(None, columns, "entity has no type".into()));
@@ -142,8 +146,8 @@ fn record(
         .clone()
         .and_then(|dm| {
             route::route(
-                &n.headers.service,
-                &n.headers.servicepath,
+                &headers.service,
+                &headers.servicepath,
                 entity_type,
                 &spec.table_suffix,
                 dm,
@@ -197,7 +201,7 @@ fn record(
     }
     columns.push(("recvtime".into(), CellValue::Instant(recv_time)));
     let mut errors = Vec::new();
-    for attr in &entity.attributes {
+    for attr in entity.attributes {
         let name = attr.name.to_lowercase();
         if SKIPPED.contains(&name.as_str()) || name == "timeinstant" {
             continue;
@@ -213,7 +217,7 @@ fn record(
             errors.push(format!("attribute name: {e}"));
             continue;
         }
-        let value = match attr_value(attr.ngsi_type.as_deref(), &attr.value, opts.srid) {
+        let value = match attr_value(attr.ngsi_type, attr.value, opts.srid) {
             Ok(v) => v,
             Err(e) => {
                 errors.push(format!("attribute {:?}: {e}", attr.name));
@@ -240,25 +244,28 @@ fn record(
 }
 
 fn attr_value(
-    ngsi_type: Option<&str>,
-    value: &serde_json::Value,
+    ngsi_type: Option<String>,
+    value: serde_json::Value,
     srid: i32,
 ) -> Result<CellValue, String> {
     if value.is_null() {
         return Ok(CellValue::Null);
     }
     let mut out = AttrValue {
-        ngsi_type: ngsi_type.map(str::to_string),
-        value: value.clone(),
+        ngsi_type,
+        value,
         instant: None,
         ewkb: None,
     };
-    if let Some(ty) = ngsi_type {
+    if let Some(ty) = out.ngsi_type.as_deref() {
         if geo::is_geo_type(ty) {
-            let ewkb = geo::to_ewkb(ty, value, srid).map_err(|e| e.to_string())?;
+            let ewkb = geo::to_ewkb(ty, &out.value, srid).map_err(|e| e.to_string())?;
             out.ewkb = Some(Arc::from(ewkb));
         } else if ty.eq_ignore_ascii_case("DateTime") || ty.eq_ignore_ascii_case("ISO8601") {
-            out.instant = value.as_str().and_then(|s| time::parse_datetime(s).ok());
+            out.instant = out
+                .value
+                .as_str()
+                .and_then(|s| time::parse_datetime(s).ok());
         }
     }
     Ok(CellValue::Attr(out))
@@ -345,7 +352,7 @@ mod tests {
     ) -> Vec<Result<RowOp, RecordError>> {
         let h: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
         let n = decode(Some(body.to_string().as_bytes()), &h).unwrap();
-        transform(&spec(flow), &n, now(), &TransformOptions::default())
+        transform(&spec(flow), n, now(), &TransformOptions::default())
     }
 
     fn sample() -> serde_json::Value {

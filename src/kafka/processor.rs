@@ -296,8 +296,10 @@ impl FlowProcessor {
             }
             Ok(n) => {
                 let mut failed = false;
-                let log = error_log_table(&n.headers.service).ok().map(Arc::new);
-                for r in transform(&self.spec, &n, now, &self.transform) {
+                let service = n.headers.service.clone();
+                let correlator = n.headers.correlator.clone();
+                let log = error_log_table(&service).ok().map(Arc::new);
+                for r in transform(&self.spec, n, now, &self.transform) {
                     window.records += 1;
                     match r {
                         Ok(op) => {
@@ -310,7 +312,7 @@ impl FlowProcessor {
                         Err(e) => {
                             failed = true;
                             let target = e.target.clone().unwrap_or_else(|| TableRef {
-                                schema: crate::route::sanitize(&n.headers.service),
+                                schema: crate::route::sanitize(&service),
                                 table: "unknown_table".into(),
                             });
                             let query = postgis::untyped_insert(&target, &e.columns);
@@ -318,7 +320,7 @@ impl FlowProcessor {
                                 window,
                                 index,
                                 e.entity_index,
-                                &n.headers.service,
+                                &service,
                                 e.message,
                                 Some(query),
                                 now,
@@ -326,7 +328,7 @@ impl FlowProcessor {
                         }
                     }
                 }
-                (n.headers.service, n.headers.correlator, failed)
+                (service, correlator, failed)
             }
         }
     }

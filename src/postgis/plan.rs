@@ -31,21 +31,22 @@ pub struct Group {
 /// Groups a window (pure): by round, then table, kind and sorted column set, in first-arrival
 /// order. Inserts need no rounds (conflicts are handled by `DO NOTHING` and the replay check).
 pub fn plan(spec: &FlowSpec, items: &[WriteItem]) -> Vec<Group> {
-    let mut occurrences: HashMap<(TableRef, String), usize> = HashMap::new();
-    let mut index: HashMap<(usize, TableRef, OpKind, Vec<String>), usize> = HashMap::new();
+    // Keys borrow from the items: this runs for every record, so nothing is cloned per record.
+    let mut occurrences: HashMap<(&TableRef, String), usize> = HashMap::new();
+    let mut index: HashMap<(usize, &TableRef, OpKind, Vec<&str>), usize> = HashMap::new();
     let mut groups: Vec<Group> = Vec::new();
+    // A delete removes every row of the entity, so when a flow deletes, all its operations are
+    // ordered per entity, whatever the other key columns.
+    let keys: &[String] = if spec.entity_delete == EntityDeleteMode::Delete {
+        &[]
+    } else {
+        &spec.key_columns
+    };
     for (i, item) in items.iter().enumerate() {
         let op = &item.op;
         let round = if op.kind == OpKind::Write && spec.write_mode == WriteMode::Insert {
             0
         } else {
-            // A delete removes every row of the entity, so when a flow deletes, all its
-            // operations are ordered per entity, whatever the other key columns.
-            let keys: &[String] = if spec.entity_delete == EntityDeleteMode::Delete {
-                &[]
-            } else {
-                &spec.key_columns
-            };
             let mut key = op
                 .get("entityid")
                 .and_then(CellValue::display_text)
@@ -58,24 +59,24 @@ pub fn plan(spec: &FlowSpec, items: &[WriteItem]) -> Vec<Group> {
                         .unwrap_or_default(),
                 );
             }
-            let n = occurrences.entry((op.target.clone(), key)).or_insert(0);
+            let n = occurrences.entry((&op.target, key)).or_insert(0);
             *n += 1;
             *n - 1
         };
-        let mut columns: Vec<String> = op.columns.iter().map(|(c, _)| c.clone()).collect();
-        columns.sort();
-        let gk = (round, op.target.clone(), op.kind, columns);
-        match index.get(&gk) {
-            Some(&g) => groups[g].items.push(i),
-            None => {
-                index.insert(gk.clone(), groups.len());
+        let mut columns: Vec<&str> = op.columns.iter().map(|(c, _)| c.as_str()).collect();
+        columns.sort_unstable();
+        match index.entry((round, &op.target, op.kind, columns)) {
+            std::collections::hash_map::Entry::Occupied(g) => groups[*g.get()].items.push(i),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let (round, target, kind, columns) = v.key();
                 groups.push(Group {
-                    round: gk.0,
-                    target: gk.1,
-                    kind: gk.2,
-                    columns: gk.3,
+                    round: *round,
+                    target: TableRef::clone(target),
+                    kind: *kind,
+                    columns: columns.iter().map(|c| c.to_string()).collect(),
                     items: vec![i],
                 });
+                v.insert(groups.len() - 1);
             }
         }
     }
