@@ -219,7 +219,11 @@ async fn historic_and_mutable_keys() {
     let p = TestProducer::new(&broker.addr);
     let h = headers("demo", "/city");
     let a = notification(&[
-        json!({"id": "E1", "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:01Z"), "temperature": {"type": "Number", "value": 1}}),
+        // price 1.5 is stored as 1.500000 (numeric(20,6)): the replay check must still see
+        // the replay as identical; the JSON and geometry columns are compared too.
+        json!({"id": "E1", "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:01Z"), "temperature": {"type": "Number", "value": 1},
+            "price": {"type": "Number", "value": 1.5}, "tags": {"type": "StructuredValue", "value": ["x", {"k": 1}]},
+            "location": {"type": "geo:point", "value": "1, 2"}}),
     ]);
     let a_changed = notification(&[
         json!({"id": "E1", "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:01Z"), "temperature": {"type": "Number", "value": 2}}),
@@ -642,5 +646,101 @@ async fn table_changes_are_picked_up_without_restart() {
         db.error_rows("demo").await.len(),
         1,
         "only the record sent before the column existed failed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn less_common_column_types_bind_by_their_type() {
+    let broker = Broker::start();
+    let db = TestDb::create("ngsiflow_t_types").await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE demo.city_probe_lastdata (
+                recvtime timestamptz, fiwareservicepath text, entityid text PRIMARY KEY, entitytype text,
+                timeinstant timestamp, small smallint, ratio real, code varchar(5), ref uuid,
+                pos geography(Point, 4326), anyshape geometry, doc json, seen date, stamp text)",
+        )
+        .await
+        .unwrap();
+    create_topics(&broker.addr, &["raw_lastdata"], 1).await;
+    let p = TestProducer::new(&broker.addr);
+    let h = headers("demo", "/city");
+    let good = json!({"id": "P1", "type": "Probe",
+        "TimeInstant": ti("2026-03-01T10:00:00+02:00"),
+        "small": {"type": "Integer", "value": -32768},
+        "ratio": {"type": "Number", "value": 0.5},
+        "code": {"type": "Text", "value": "abcde"},
+        "ref": {"type": "Text", "value": "550e8400-e29b-41d4-a716-446655440000"},
+        "pos": {"type": "geo:point", "value": "40.4, -3.7"},
+        "anyshape": {"type": "geo:json", "value": {"type": "LineString", "coordinates": [[0, 0], [1, 1, 2]]}},
+        "doc": {"type": "StructuredValue", "value": {"z": 1, "a": "x"}},
+        "seen": {"type": "DateTime", "value": "2026-03-01T23:30:00-03:00"},
+        "stamp": {"type": "DateTime", "value": "2026-03-01T10:00:00.5+02:00"}});
+    p.send("raw_lastdata", &h, &notification(&[good])).await;
+    let too_long = json!({"id": "P2", "type": "Probe", "TimeInstant": ti("2026-03-01T10:00:00Z"), "code": {"type": "Text", "value": "abcdef"}});
+    let bad_uuid = json!({"id": "P3", "type": "Probe", "TimeInstant": ti("2026-03-01T10:00:00Z"), "ref": {"type": "Text", "value": "not-a-uuid"}});
+    p.send("raw_lastdata", &h, &notification(&[too_long, bad_uuid]))
+        .await;
+    let _w = Worker::start(&broker.addr, &db.url, "types", &["--flows", "lastdata"]);
+    assert_eq!(db.wait_count("demo.city_probe_lastdata", 1, T).await, 1);
+    let errors = db.wait_error_rows("demo", 2, T).await;
+    let r = db
+        .client
+        .query_one(
+            "SELECT timeinstant::text, small, ratio, code, ref::text, ST_AsText(pos::geometry), ST_SRID(pos::geometry),
+                    ST_AsText(anyshape), ST_SRID(anyshape), doc::text, seen::text, stamp
+             FROM demo.city_probe_lastdata",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.get::<_, String>(0),
+        "2026-03-01 08:00:00",
+        "timestamp without time zone gets the UTC wall clock"
+    );
+    assert_eq!(r.get::<_, i16>(1), -32768);
+    assert_eq!(r.get::<_, f32>(2), 0.5);
+    assert_eq!(r.get::<_, String>(3), "abcde");
+    assert_eq!(
+        r.get::<_, String>(4),
+        "550e8400-e29b-41d4-a716-446655440000"
+    );
+    assert_eq!(r.get::<_, String>(5), "POINT(-3.7 40.4)");
+    assert_eq!(r.get::<_, i32>(6), 4326);
+    assert_eq!(
+        r.get::<_, String>(7),
+        "LINESTRING Z (0 0 0,1 1 2)",
+        "3-D GeoJSON keeps Z in an unconstrained column"
+    );
+    assert_eq!(
+        r.get::<_, i32>(8),
+        4326,
+        "SRID set even without a type modifier"
+    );
+    assert_eq!(
+        r.get::<_, String>(9),
+        r#"{"z":1,"a":"x"}"#,
+        "json keeps key order"
+    );
+    assert_eq!(
+        r.get::<_, String>(10),
+        "2026-03-02",
+        "date of the UTC instant"
+    );
+    assert_eq!(
+        r.get::<_, String>(11),
+        "2026-03-01T10:00:00.5+02:00",
+        "text columns keep the original date-time"
+    );
+    let mut msgs: Vec<String> = errors.iter().map(|e| e.0.clone()).collect();
+    msgs.sort();
+    assert!(
+        msgs[0].contains("invalid input syntax for type uuid"),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs[1].contains("value too long for type character varying(5)"),
+        "{msgs:?}"
     );
 }

@@ -50,6 +50,8 @@ pub struct ColumnInfo {
     pub kind: ColumnKind,
     /// Type as printed by `format_type` (the cast target).
     pub sql_type: String,
+    /// The type without its modifier, which values are cast to (see [`sql::TABLE_COLUMNS`]).
+    pub cast_type: String,
 }
 
 /// Columns of one table by name.
@@ -325,12 +327,14 @@ impl Writer<'_> {
             .map(|r| {
                 let name: String = r.get(0);
                 let sql_type: String = r.get(1);
+                let cast_type: String = r.get(3);
                 let typname: String = r.get(2);
                 (
                     name,
                     ColumnInfo {
                         kind: ColumnKind::from_typname(&typname),
                         sql_type,
+                        cast_type,
                     },
                 )
             })
@@ -466,7 +470,8 @@ impl Writer<'_> {
             .iter()
             .map(|c| Col {
                 name: c,
-                sql_type: &meta[c.as_str()].sql_type,
+                sql_type: &meta[c.as_str()].cast_type,
+                full_type: &meta[c.as_str()].sql_type,
             })
             .collect();
         let mut rows = Rows::with_capacity(cols.len(), group.items.len());

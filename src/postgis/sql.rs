@@ -7,10 +7,13 @@
 use crate::flow::WriteMode;
 use crate::route::{quote_ident, TableRef};
 
-/// Reads a table's columns: name, printed type (`format_type`) and base `typname`
-/// (domains resolved to their base type). Parameters: schema, table.
+/// Reads a table's columns: name, printed type with its modifier (`format_type`), base
+/// `typname` (domains resolved to their base type) and the type without its modifier, which is
+/// the cast target: the insert's own assignment cast then applies the modifier, and that one
+/// rejects an over-long `varchar(n)` value, where an explicit cast would silently truncate it.
+/// Parameters: schema, table.
 pub const TABLE_COLUMNS: &str = "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
-     COALESCE(bt.typname, t.typname)::text \
+     COALESCE(bt.typname, t.typname)::text, format_type(a.atttypid, NULL) \
      FROM pg_attribute a \
      JOIN pg_class c ON c.oid = a.attrelid \
      JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -20,13 +23,17 @@ pub const TABLE_COLUMNS: &str = "SELECT a.attname::text, format_type(a.atttypid,
        AND a.attnum > 0 AND NOT a.attisdropped \
      ORDER BY a.attnum";
 
-/// A column of a statement: name and SQL type to cast to.
+/// A column of a statement: name and the SQL type its text is cast to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Col<'a> {
     /// Column name (unquoted).
     pub name: &'a str,
-    /// Type as printed by `format_type` (`integer`, `geometry(Point,4326)`, …).
+    /// The column's type without modifier, as printed by `format_type(oid, NULL)`
+    /// (`integer`, `numeric`, `geometry`, `character varying`, …): what values are cast to.
     pub sql_type: &'a str,
+    /// The column's full type with modifier (`numeric(20,6)`, `geometry(Point,4326)`): what a
+    /// value is normalised to when compared with a stored one.
+    pub full_type: &'a str,
 }
 
 fn unnest_select(cols: &[Col<'_>]) -> String {
@@ -118,6 +125,8 @@ pub fn write_statement(
 /// Key columns are compared with `=` so the table's key index finds the row (historic tables
 /// are large); the other columns by their text output (`IS NOT DISTINCT FROM` on `::text`), which
 /// works for every type, including those without an equality operator (json, point, xml).
+/// The candidate value is cast to the column's full type (`numeric(20,6)` …) so it is normalised
+/// exactly as the stored one was.
 pub fn identical_row_exists(table: &TableRef, cols: &[Col<'_>], keys: &[String]) -> String {
     let conds: Vec<String> = cols
         .iter()
@@ -130,7 +139,7 @@ pub fn identical_row_exists(table: &TableRef, cols: &[Col<'_>], keys: &[String])
             } else {
                 format!(
                     "{col}::text IS NOT DISTINCT FROM (${n}::text::{})::text",
-                    c.sql_type
+                    c.full_type
                 )
             }
         })
@@ -223,14 +232,17 @@ mod tests {
         Col {
             name: "entityid",
             sql_type: "text",
+            full_type: "text",
         },
         Col {
             name: "timeinstant",
             sql_type: "timestamp with time zone",
+            full_type: "timestamp with time zone",
         },
         Col {
             name: "temp",
-            sql_type: "numeric(10,2)",
+            sql_type: "numeric",
+            full_type: "numeric(10,2)",
         },
     ];
 
@@ -238,11 +250,11 @@ mod tests {
     fn golden_statements() {
         assert_eq!(
             write_statement(&t(), &COLS, WriteMode::Insert, &[], false),
-            "INSERT INTO \"acme\".\"p_t_lastdata\" AS cur (\"entityid\", \"timeinstant\", \"temp\") SELECT u.c1::text, u.c2::timestamp with time zone, u.c3::numeric(10,2) FROM unnest($1::text[], $2::text[], $3::text[]) AS u(c1, c2, c3) ON CONFLICT DO NOTHING RETURNING 1"
+            "INSERT INTO \"acme\".\"p_t_lastdata\" AS cur (\"entityid\", \"timeinstant\", \"temp\") SELECT u.c1::text, u.c2::timestamp with time zone, u.c3::numeric FROM unnest($1::text[], $2::text[], $3::text[]) AS u(c1, c2, c3) ON CONFLICT DO NOTHING RETURNING 1"
         );
         assert_eq!(
             write_statement(&t(), &COLS, WriteMode::UpsertIfNewer, &["entityid".into()], false),
-            "INSERT INTO \"acme\".\"p_t_lastdata\" AS cur (\"entityid\", \"timeinstant\", \"temp\") SELECT u.c1::text, u.c2::timestamp with time zone, u.c3::numeric(10,2) FROM unnest($1::text[], $2::text[], $3::text[]) AS u(c1, c2, c3) ON CONFLICT (\"entityid\") DO UPDATE SET \"timeinstant\" = EXCLUDED.\"timeinstant\", \"temp\" = EXCLUDED.\"temp\" WHERE EXCLUDED.\"timeinstant\" >= cur.\"timeinstant\" OR cur.\"timeinstant\" IS NULL RETURNING 1"
+            "INSERT INTO \"acme\".\"p_t_lastdata\" AS cur (\"entityid\", \"timeinstant\", \"temp\") SELECT u.c1::text, u.c2::timestamp with time zone, u.c3::numeric FROM unnest($1::text[], $2::text[], $3::text[]) AS u(c1, c2, c3) ON CONFLICT (\"entityid\") DO UPDATE SET \"timeinstant\" = EXCLUDED.\"timeinstant\", \"temp\" = EXCLUDED.\"temp\" WHERE EXCLUDED.\"timeinstant\" >= cur.\"timeinstant\" OR cur.\"timeinstant\" IS NULL RETURNING 1"
         );
         let no_ti = [COLS[0].clone(), COLS[2].clone()];
         assert!(!write_statement(
@@ -288,14 +300,17 @@ mod tests {
             Col {
                 name: "entityid",
                 sql_type: "text",
+                full_type: "text",
             },
             Col {
                 name: "j",
                 sql_type: "json",
+                full_type: "json",
             },
             Col {
                 name: "g",
-                sql_type: "geometry(Point,4326)",
+                sql_type: "geometry",
+                full_type: "geometry(Point,4326)",
             },
         ];
         assert_eq!(
