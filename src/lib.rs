@@ -17,6 +17,8 @@
 //! idempotent, an identical historic row is recognised as a replay. Transient database failures
 //! pause the flow and retry forever with capped backoff; nothing is skipped.
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod app;
 pub mod config;
