@@ -10,4 +10,4 @@ for arg in "$@"; do
     *) echo "usage: $0 [--volumes]" >&2; exit 2 ;;
   esac
 done
-docker compose "${COMPOSE_ARGS[@]}" --profile monitoring down --remove-orphans "${volumes[@]}"
+docker compose "${COMPOSE_ARGS[@]}" --profile monitoring down --remove-orphans ${volumes[@]+"${volumes[@]}"}

@@ -16,7 +16,8 @@ for arg in "$@"; do
     *) echo "usage: $0 [--monitoring] [--build]" >&2; exit 2 ;;
   esac
 done
-docker compose "${COMPOSE_ARGS[@]}" "${profiles[@]}" up -d --wait "${build[@]}"
+# ${a[@]+"${a[@]}"}: empty arrays are fine under set -u with bash before 4.4 too.
+docker compose "${COMPOSE_ARGS[@]}" ${profiles[@]+"${profiles[@]}"} up -d --wait ${build[@]+"${build[@]}"}
 cat <<INFO
 ngsiflow     http://127.0.0.1:8000/health   (metrics /metrics)
 Kafka        127.0.0.1:9092                 (ngsiflow produce --brokers 127.0.0.1:9092)

@@ -340,6 +340,22 @@ fn dockerfile_builds_small_non_root_image_with_healthcheck() {
         "multi-stage"
     );
     assert!(text.contains("cargo build --release --locked"));
+    // The image builds with the toolchain the project declares (and is tested with).
+    let cargo = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
+    let msrv = cargo
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .unwrap()
+        .trim_matches('"');
+    assert!(
+        text.contains(&format!("ARG RUST_VERSION={msrv}")),
+        "Dockerfile RUST_VERSION must be {msrv}"
+    );
+    let ignore = std::fs::read_to_string(repo().join(".dockerignore")).unwrap();
+    assert!(
+        ignore.lines().any(|l| l.trim_end_matches('/') == "target"),
+        ".dockerignore keeps target/ out of the context"
+    );
     assert!(text.contains("-slim AS runtime"));
     assert!(text.contains("USER 10001"));
     assert!(text.contains("HEALTHCHECK") && text.contains("/health"));
