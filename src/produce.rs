@@ -112,7 +112,7 @@ pub fn sample(i: u64, entities: u64, delete_allowed: bool) -> Value {
             "count": {"type": "Integer", "value": i},
             "bignum": {"type": "Number", "value": 9007199254740993u64},
             "price": {"type": "Number", "value": serde_json::from_str::<Value>("12345678901234.123456").unwrap()},
-            "active": {"type": "Boolean", "value": i % 2 == 0},
+            "active": {"type": "Boolean", "value": i.is_multiple_of(2)},
             "name": {"type": "Text", "value": format!("sensor {n} it's")},
             "config": {"type": "StructuredValue", "value": {"mode": "auto", "thresholds": [1, 2.5]}},
             "tags": {"type": "StructuredValue", "value": ["a", "b"]},
