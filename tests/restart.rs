@@ -164,6 +164,39 @@ async fn workers_joining_and_leaving_the_group_lose_and_duplicate_nothing() {
         "{}",
         w2.logs()
     );
+    // Lag gauges follow the assignment: the first member exports lag only for the partitions
+    // it still owns (revoked ones are removed), and the two members together cover all three.
+    let lag_partitions = |m: &str| -> Vec<String> {
+        let mut p: Vec<String> = m
+            .lines()
+            .filter(|l| l.starts_with("ngsiflow_consumer_lag{flow=\"historic\""))
+            .filter_map(|l| {
+                l.split("partition=\"")
+                    .nth(1)?
+                    .split('"')
+                    .next()
+                    .map(str::to_string)
+            })
+            .collect();
+        p.sort();
+        p
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, m1) = w1.get("/metrics").await;
+        let (_, m2) = w2.get("/metrics").await;
+        let (p1, p2) = (lag_partitions(&m1), lag_partitions(&m2));
+        let mut all: Vec<String> = p1.iter().chain(&p2).cloned().collect();
+        all.sort();
+        if !p1.is_empty() && !p2.is_empty() && all == ["0", "1", "2"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lag series after the rebalance: first {p1:?}, second {p2:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // The first leaves: the second takes everything over.
     assert_eq!(w1.stop(), Some(0));
     producer.await.unwrap();
