@@ -223,18 +223,6 @@ impl Metrics {
         OTHER_TENANT.to_string()
     }
 
-    /// Records one fully handled input message.
-    pub fn message_done(
-        &self,
-        flow: &str,
-        service: &str,
-        ok: bool,
-        seconds: f64,
-        at: DateTime<Utc>,
-    ) {
-        self.messages_done(flow, [(service, ok, seconds)], at);
-    }
-
     /// Records the input messages of one committed window: `(service, ok, seconds)` each.
     /// Label look-ups and locks are taken once per window and tenant, not per message.
     pub fn messages_done<'a, I>(&self, flow: &str, messages: I, at: DateTime<Utc>)
@@ -332,9 +320,12 @@ mod tests {
     #[test]
     fn exposition_has_every_family_and_caps_tenants() {
         let m = Metrics::new(&["historic".into()], 2);
-        m.message_done("historic", "a", true, 0.01, Utc::now());
-        m.message_done("historic", "b", false, 0.02, Utc::now());
-        m.message_done("historic", "c", true, 0.03, Utc::now());
+        m.messages_done(
+            "historic",
+            [("a", true, 0.01), ("b", false, 0.02)],
+            Utc::now(),
+        );
+        m.messages_done("historic", [("c", true, 0.03)], Utc::now());
         let text = m.render();
         for name in [
             "messages_processed_total{flow=\"historic\"} 3",
