@@ -272,6 +272,15 @@ pub fn load_flows(
     Ok(flows)
 }
 
+/// A shipped flow file (`flows/<name>.toml`), resolved without prefix and with group base
+/// `test` (unit tests only).
+#[cfg(test)]
+pub(crate) fn shipped_flow(name: &str) -> FlowSpec {
+    let path = format!("{}/flows/{name}.toml", env!("CARGO_MANIFEST_DIR"));
+    let file: FlowFile = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    file.resolve(&path, "", "test").unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -331,15 +331,9 @@ pub fn connect_error(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow::{FlowFile, WriteMode};
+    use crate::flow::{shipped_flow, WriteMode};
     use crate::ngsi::decode;
     use chrono::TimeZone;
-
-    fn spec(name: &str) -> FlowSpec {
-        let path = format!("{}/flows/{name}.toml", env!("CARGO_MANIFEST_DIR"));
-        let f: FlowFile = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        f.resolve(&path, "", "ngsiflow").unwrap()
-    }
 
     fn now() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 3, 1, 8, 15, 2).unwrap()
@@ -352,7 +346,7 @@ mod tests {
     ) -> Vec<Result<RowOp, RecordError>> {
         let h: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
         let n = decode(Some(body.to_string().as_bytes()), &h).unwrap();
-        transform(&spec(flow), n, now(), &TransformOptions::default())
+        transform(&shipped_flow(flow), n, now(), &TransformOptions::default())
     }
 
     fn sample() -> serde_json::Value {
@@ -549,8 +543,8 @@ mod tests {
 
     #[test]
     fn write_modes_of_shipped_flows() {
-        assert_eq!(spec("historic").write_mode, WriteMode::Insert);
-        assert_eq!(spec("mutable").write_mode, WriteMode::Upsert);
+        assert_eq!(shipped_flow("historic").write_mode, WriteMode::Insert);
+        assert_eq!(shipped_flow("mutable").write_mode, WriteMode::Upsert);
     }
 
     #[test]

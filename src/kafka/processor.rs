@@ -676,10 +676,7 @@ mod tests {
 
     /// A processor whose clients never connect (nothing here reaches a broker or database).
     fn offline_processor(flow: &str) -> FlowProcessor {
-        let path = format!("{}/flows/{flow}.toml", env!("CARGO_MANIFEST_DIR"));
-        let file: crate::flow::FlowFile =
-            toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let spec = file.resolve(&path, "", "t").unwrap();
+        let spec = crate::flow::shipped_flow(flow);
         let metrics = Arc::new(Metrics::new(std::slice::from_ref(&spec.name), 10));
         let status = Arc::new(FlowStatus::default());
         let base = crate::kafka::client_config("127.0.0.1:1", &[]);

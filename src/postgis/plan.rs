@@ -87,15 +87,9 @@ pub fn plan(spec: &FlowSpec, items: &[WriteItem]) -> Vec<Group> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow::FlowFile;
+    use crate::flow::shipped_flow;
     use crate::ngsi::value::CellValue;
     use crate::route::TableRef;
-
-    fn spec(name: &str) -> FlowSpec {
-        let path = format!("{}/flows/{name}.toml", env!("CARGO_MANIFEST_DIR"));
-        let f: FlowFile = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        f.resolve(&path, "", "g").unwrap()
-    }
 
     fn item(table: &str, id: &str, ti: Option<&str>, extra: &[&str], kind: OpKind) -> WriteItem {
         let mut columns = vec![("entityid".to_string(), CellValue::Text(id.into()))];
@@ -128,7 +122,7 @@ mod tests {
             item("t", "A", None, &[], OpKind::Delete),
             item("u", "A", Some("1"), &["x"], OpKind::Write),
         ];
-        let groups = plan(&spec("lastdata"), &items);
+        let groups = plan(&shipped_flow("lastdata"), &items);
         let summary: Vec<(usize, &str, Vec<usize>)> = groups
             .iter()
             .map(|g| (g.round, g.target.table.as_str(), g.items.clone()))
@@ -143,10 +137,13 @@ mod tests {
             ]
         );
         // mutable keys on (entityid, timeinstant): A@1 and A@2 share a round
-        let groups = plan(&spec("mutable"), &items[..3]);
+        let groups = plan(&shipped_flow("mutable"), &items[..3]);
         assert_eq!(groups.len(), 1);
         // historic never needs rounds
-        let groups = plan(&spec("historic"), &[items[0].clone(), items[0].clone()]);
+        let groups = plan(
+            &shipped_flow("historic"),
+            &[items[0].clone(), items[0].clone()],
+        );
         assert_eq!(groups.len(), 1);
         assert_eq!(groups[0].items, vec![0, 1]);
     }
@@ -156,6 +153,6 @@ mod tests {
         let mut a = item("t", "A", Some("1"), &["x", "y"], OpKind::Write);
         let b = item("t", "B", Some("1"), &["y", "x"], OpKind::Write);
         a.op.columns.swap(2, 3);
-        assert_eq!(plan(&spec("historic"), &[a, b]).len(), 1);
+        assert_eq!(plan(&shipped_flow("historic"), &[a, b]).len(), 1);
     }
 }
