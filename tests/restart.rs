@@ -46,6 +46,21 @@ fn produce_paced(addr: &str) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// A broker, a fresh database and the three raw topics (3 partitions each), with the paced
+/// producer already running.
+async fn paced_stream(db_name: &str) -> (Broker, TestDb, tokio::task::JoinHandle<()>) {
+    let broker = Broker::start();
+    let db = TestDb::create(db_name).await;
+    create_topics(
+        &broker.addr,
+        &["raw_historic", "raw_lastdata", "raw_mutable"],
+        3,
+    )
+    .await;
+    let producer = produce_paced(&broker.addr);
+    (broker, db, producer)
+}
+
 async fn assert_every_record_once(db: &TestDb, logs: &str) {
     let n = N as i64;
     assert_eq!(
@@ -95,15 +110,7 @@ async fn assert_every_record_once(db: &TestDb, logs: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_write_every_record_exactly_once() {
-    let broker = Broker::start();
-    let db = TestDb::create("ngsiflow_t_restart").await;
-    create_topics(
-        &broker.addr,
-        &["raw_historic", "raw_lastdata", "raw_mutable"],
-        3,
-    )
-    .await;
-    let producer = produce_paced(&broker.addr);
+    let (broker, db, producer) = paced_stream("ngsiflow_t_restart").await;
     let mut w1 = Worker::start(&broker.addr, &db.url, "restart", &ARGS);
     let seen = db
         .wait_count("demo.city_sensor", 300, Duration::from_secs(60))
@@ -139,15 +146,7 @@ async fn restarts_write_every_record_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_joining_and_leaving_the_group_lose_and_duplicate_nothing() {
-    let broker = Broker::start();
-    let db = TestDb::create("ngsiflow_t_rebalance").await;
-    create_topics(
-        &broker.addr,
-        &["raw_historic", "raw_lastdata", "raw_mutable"],
-        3,
-    )
-    .await;
-    let producer = produce_paced(&broker.addr);
+    let (broker, db, producer) = paced_stream("ngsiflow_t_rebalance").await;
     let mut w1 = Worker::start(&broker.addr, &db.url, "rebalance", &ARGS);
     let seen = db
         .wait_count("demo.city_sensor", 200, Duration::from_secs(60))
