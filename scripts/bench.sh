@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Throughput benchmark through the real stack (tansu broker, PostGIS, release worker):
+# Throughput benchmark through the real stack (Apache Kafka, PostGIS, release worker):
 #   scripts/bench.sh [N]     (default N = 100000 notifications per flow)
 # Produces N sample notifications (1000 entities per type) to each of raw_historic, raw_lastdata
 # and raw_mutable while the worker is stopped, then starts the worker and measures, from its
@@ -16,20 +16,18 @@ ADMIN=127.0.0.1:18001
 OUT=target/bench
 mkdir -p "$OUT"
 
-bash scripts/install-deps.sh >/dev/null
+bash scripts/install-deps.sh
 ensure_postgres
 psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
 ensure_database "$DB"
 cargo build --release --locked -q
 BIN="$PWD/target/release/ngsiflow"
 
-"$NGSIFLOW_TANSU_BIN" broker --listener-url "tcp://$BROKER" --advertised-listener-url "tcp://$BROKER" \
-  --storage-engine memory://tansu/ >"$OUT/broker.log" 2>&1 &
-BROKER_PID=$!
+rm -rf "$OUT/kafka"
+bash scripts/kafka.sh start --port "${BROKER##*:}" --dir "$OUT/kafka" --partitions 3
 WORKER_PID=""
-cleanup() { [ -n "$WORKER_PID" ] && kill "$WORKER_PID" 2>/dev/null; kill "$BROKER_PID" 2>/dev/null; true; }
+cleanup() { [ -n "$WORKER_PID" ] && kill "$WORKER_PID" 2>/dev/null; bash scripts/kafka.sh stop --dir "$OUT/kafka"; true; }
 trap cleanup EXIT
-sleep 0.5
 
 log "producing $N notifications to each raw topic"
 "$BIN" produce --brokers "$BROKER" --count "$N" --entities 1000 2>&1 | tail -1

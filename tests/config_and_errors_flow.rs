@@ -105,7 +105,9 @@ async fn connect_dead_letters_and_failed_deletes_reach_the_error_log() {
     assert_eq!(
         acme,
         vec![(
-            "ERROR: null value in column \"status\" violates not-null constraint".to_string(),
+            "ERROR: null value in column \"status\" violates not-null constraint \
+             [stage TASK_PUT; source smc_acme_lastdata_processed]"
+                .to_string(),
             r#"{"entityid":"Bay:17"}"#.to_string()
         )],
         "{}",

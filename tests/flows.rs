@@ -1,4 +1,4 @@
-//! End-to-end flow semantics against a real tansu broker, real PostGIS and the real worker.
+//! End-to-end flow semantics against a real Apache Kafka broker, real PostGIS and the real worker.
 #![allow(clippy::type_complexity)]
 
 mod common;

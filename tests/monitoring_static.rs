@@ -44,16 +44,28 @@ fn promtool(args: &[&str]) -> (bool, String) {
     )
 }
 
+/// The variables docker compose gets: scripts/versions.env (every version and image, shared with
+/// the native stack) then docker/.env, with `${VAR}` references expanded as compose does.
 fn env_defaults() -> BTreeMap<String, String> {
-    std::fs::read_to_string(repo().join("docker/.env"))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.trim_start().starts_with('#') && l.contains('='))
-        .map(|l| {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    for f in ["scripts/versions.env", "docker/.env"] {
+        for l in std::fs::read_to_string(repo().join(f)).unwrap().lines() {
+            if l.trim_start().starts_with('#') || !l.contains('=') {
+                continue;
+            }
             let (k, v) = l.split_once('=').unwrap();
-            (k.trim().to_string(), v.trim().to_string())
-        })
-        .collect()
+            let mut v = v.trim().to_string();
+            for (name, value) in &env {
+                v = v.replace(&format!("${{{name}}}"), value);
+            }
+            assert!(
+                !v.contains("${"),
+                "{f}: {k} refers to an undefined variable"
+            );
+            env.insert(k.trim().to_string(), v);
+        }
+    }
+    env
 }
 
 /// Every `${VAR}` / `${VAR:-default}` in a text.
@@ -159,7 +171,6 @@ fn compose_fragments_parse_and_every_reference_exists() {
         "kafka",
         "postgis",
         "ngsiflow",
-        "jmx-agent-init",
         "kafka-connect",
         "kafka-exporter",
         "postgres-exporter",
@@ -186,6 +197,34 @@ fn compose_fragments_parse_and_every_reference_exists() {
             pinned.contains(':') && !pinned.ends_with(":latest"),
             "{name}: {pinned} pinned to a version"
         );
+        // Each default is exactly what scripts/versions.env / docker/.env say, so the stack runs
+        // the versions the native stack is tested with even when compose falls back to it.
+        let var = &image[2..image.find(":-").unwrap()];
+        assert_eq!(
+            env.get(var).map(String::as_str),
+            Some(pinned),
+            "{name}: default of ${{{var}}}"
+        );
+        if let Some(args) = svc
+            .get("build")
+            .and_then(|b| b.get("args"))
+            .and_then(Yaml::as_mapping)
+        {
+            for (arg, value) in args {
+                let value = value.as_str().unwrap();
+                let (var, default) = value[2..value.len() - 1].split_once(":-").unwrap();
+                assert_eq!(
+                    arg.as_str(),
+                    Some(var),
+                    "{name}: build arg {arg:?} from ${{{var}}}"
+                );
+                assert_eq!(
+                    env.get(var).map(String::as_str),
+                    Some(default),
+                    "{name}: default of build arg {var}"
+                );
+            }
+        }
         if let Some(vs) = svc.get("volumes").and_then(Yaml::as_sequence) {
             for v in vs {
                 let spec = v.as_str().unwrap();
@@ -240,26 +279,26 @@ fn compose_fragments_parse_and_every_reference_exists() {
             "{waited} has a healthcheck"
         );
     }
-    // The JMX agent is really attached: -javaagent points into the volume the init container fills,
-    // with the rules file that is mounted from monitoring/jmx.
-    let connect = &services["kafka-connect"];
-    let opts = connect["environment"]["KAFKA_OPTS"].as_str().unwrap();
-    assert!(opts.contains("-javaagent:/opt/jmx/jmx_prometheus_javaagent.jar=9404:/opt/jmx-config/kafka-connect.yml"), "{opts}");
-    let mounts: Vec<&str> = connect["volumes"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
-    assert!(mounts.contains(&"jmx-agent:/opt/jmx:ro"));
-    assert!(mounts
-        .contains(&"../monitoring/jmx/kafka-connect.yml:/opt/jmx-config/kafka-connect.yml:ro"));
-    let init = std::fs::read_to_string(docker.join("fetch-jmx-agent.sh")).unwrap();
+    // The JMX agent is attached in the Connect image exactly as scripts/connect.sh attaches it
+    // natively: same agent from the same manifest, same rules file.
+    let connect = std::fs::read_to_string(docker.join("Dockerfile.connect")).unwrap();
+    assert!(connect.contains(
+        "-javaagent:/opt/jmx/jmx_prometheus_javaagent.jar=9404:/opt/jmx-config/kafka-connect.yml"
+    ));
     assert!(
-        init.contains("DEST=/opt/jmx/jmx_prometheus_javaagent.jar")
-            && init.contains("sha1sum -c")
-            && init.contains("sha256sum -c")
+        connect.contains("COPY monitoring/jmx/kafka-connect.yml /opt/jmx-config/kafka-connect.yml")
     );
+    assert!(connect.contains("-P jdbc-sink") && connect.contains("-P jmx-agent"));
+    assert!(connect.contains("FROM ${KAFKA_IMAGE}"));
+    let native = std::fs::read_to_string(repo().join("scripts/connect.sh")).unwrap();
+    assert!(native.contains(
+        "-javaagent:\"$JMX_AGENT_JAR\"=127.0.0.1:\"$JMX_PORT\":\"$ROOT/monitoring/jmx/kafka-connect.yml\""
+    ));
+    let worker = std::fs::read_to_string(docker.join("connect-distributed.properties")).unwrap();
+    assert!(worker.contains("plugin.path=/opt/connect-plugins"));
+    // docker-up.sh deploys the connector the native stack deploys.
+    let up = std::fs::read_to_string(docker.join("docker-up.sh")).unwrap();
+    assert!(up.contains("../scripts/connect.sh deploy"));
     // kafka-exporter is configured by its real flags.
     let args: Vec<&str> = services["kafka-exporter"]["command"]
         .as_sequence()
@@ -272,6 +311,7 @@ fn compose_fragments_parse_and_every_reference_exists() {
         assert!(
             [
                 "--kafka.server",
+                "--kafka.version",
                 "--web.listen-address",
                 "--topic.filter",
                 "--group.filter"
@@ -477,8 +517,10 @@ fn dashboards_are_valid_and_every_query_parses() {
 
 /// Applies the first matching JMX exporter rule to one MBean line, as the agent does:
 /// `$n` substituted, lower-cased (lowercaseOutputName) and invalid characters turned into `_`.
-fn jmx_name(rules: &[(regex::Regex, String)], line: &str) -> Option<String> {
-    let (re, name) = rules.iter().find(|(re, _)| re.is_match(line))?;
+/// The name the agent exports for `line`: the first matching rule's name with its captures,
+/// lower-cased and sanitised, plus `_total` for a COUNTER (client_java 1.x naming).
+fn jmx_name(rules: &[(regex::Regex, String, bool)], line: &str) -> Option<String> {
+    let (re, name, counter) = rules.iter().find(|(re, _, _)| re.is_match(line))?;
     let caps = re.captures(line)?;
     let mut out = name.clone();
     for i in (1..caps.len()).rev() {
@@ -494,7 +536,8 @@ fn jmx_name(rules: &[(regex::Regex, String)], line: &str) -> Option<String> {
                     '_'
                 }
             })
-            .collect(),
+            .collect::<String>()
+            + if *counter { "_total" } else { "" },
     )
 }
 
@@ -502,7 +545,7 @@ fn jmx_name(rules: &[(regex::Regex, String)], line: &str) -> Option<String> {
 fn jmx_rules_compile_and_export_what_the_connect_dashboard_uses() {
     let doc = yaml(&repo().join("monitoring/jmx/kafka-connect.yml"));
     assert_eq!(doc["lowercaseOutputName"].as_bool(), Some(true));
-    let rules: Vec<(regex::Regex, String)> = doc["rules"]
+    let rules: Vec<(regex::Regex, String, bool)> = doc["rules"]
         .as_sequence()
         .unwrap()
         .iter()
@@ -511,6 +554,7 @@ fn jmx_rules_compile_and_export_what_the_connect_dashboard_uses() {
             (
                 regex::Regex::new(p).unwrap_or_else(|e| panic!("pattern {p}: {e}")),
                 r["name"].as_str().unwrap().to_string(),
+                r["type"].as_str() == Some("COUNTER"),
             )
         })
         .collect();

@@ -1,7 +1,6 @@
 //! Restart and rebalance safety: a worker killed mid-stream (SIGKILL), one stopped gracefully
 //! (SIGTERM), and a second worker joining and leaving the consumer group mid-stream; every record
-//! ends up in its table exactly once and nothing is error-logged. The producer sends one record
-//! per batch (shared NOTES: tansu loses the rest of a batch when a consumer resumes inside it).
+//! ends up in its table exactly once and nothing is error-logged. The producer batches normally.
 
 mod common;
 

@@ -276,7 +276,8 @@ fn attr_value(
 pub struct ConnectError {
     /// The tenant whose error log receives the row.
     pub service: String,
-    /// `__connect.errors.exception.message` (default `Unknown error`).
+    /// `__connect.errors.exception.message` (default `Unknown error`), followed by the context
+    /// headers Connect adds (exception class, stage, connector, source topic-partition@offset).
     pub error: String,
     /// The failed record's value as text, when it had one.
     pub query: Option<String>,
@@ -297,9 +298,10 @@ pub fn connect_error(
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| String::from_utf8_lossy(v).to_string())
     };
-    let error = get("__connect.errors.exception.message")
+    let message = get("__connect.errors.exception.message")
         .filter(|m| !m.is_empty())
         .unwrap_or_else(|| "Unknown error".to_string());
+    let error = with_connect_context(message, &get);
     let from_topic = get("__connect.errors.topic").map(|t| {
         let t = t.strip_prefix(topic_prefix).unwrap_or(&t).to_string();
         let cut = ["_historic", "_lastdata", "_mutable", "_http"]
@@ -325,6 +327,38 @@ pub fn connect_error(
         service,
         error,
         query: value.map(|v| String::from_utf8_lossy(v).to_string()),
+    }
+}
+
+/// Appends what Connect's context headers (`errors.deadletterqueue.context.headers.enable`) say
+/// about the failure to its message, so the error-log row alone locates the record:
+/// `<message> [exception <class>; stage <stage>; connector <name>; source <topic>-<partition>@<offset>]`.
+/// Absent headers are left out; with none of them the message stands alone (Kafnus's format).
+fn with_connect_context(message: String, get: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut parts = Vec::new();
+    if let Some(c) = get("__connect.errors.exception.class.name") {
+        parts.push(format!("exception {c}"));
+    }
+    if let Some(s) = get("__connect.errors.stage") {
+        parts.push(format!("stage {s}"));
+    }
+    if let Some(c) = get("__connect.errors.connector.name") {
+        parts.push(format!("connector {c}"));
+    }
+    if let Some(t) = get("__connect.errors.topic") {
+        let mut source = format!("source {t}");
+        if let Some(p) = get("__connect.errors.partition") {
+            source.push_str(&format!("-{p}"));
+        }
+        if let Some(o) = get("__connect.errors.offset") {
+            source.push_str(&format!("@{o}"));
+        }
+        parts.push(source);
+    }
+    if parts.is_empty() {
+        message
+    } else {
+        format!("{message} [{}]", parts.join("; "))
     }
 }
 
@@ -564,10 +598,32 @@ mod tests {
             e,
             ConnectError {
                 service: "test".into(),
-                error: "boom".into(),
+                error: "boom [source smc_test_lastdata_processed]".into(),
                 query: Some("{}".into())
             }
         );
+        let e = connect_error(
+            &h(&[
+                ("__connect.errors.topic", "smc_demo_historic_processed"),
+                ("__connect.errors.partition", "0"),
+                ("__connect.errors.offset", "41"),
+                ("__connect.errors.connector.name", "sink"),
+                ("__connect.errors.stage", "VALUE_CONVERTER"),
+                (
+                    "__connect.errors.exception.class.name",
+                    "org.apache.kafka.connect.errors.DataException",
+                ),
+                ("__connect.errors.exception.message", "bad json"),
+            ]),
+            None,
+            "smc_",
+        );
+        assert_eq!(
+            e.error,
+            "bad json [exception org.apache.kafka.connect.errors.DataException; stage VALUE_CONVERTER; \
+             connector sink; source smc_demo_historic_processed-0@41]"
+        );
+        assert_eq!(e.service, "demo");
         let e = connect_error(
             &h(&[(
                 "__connect.errors.exception.message",

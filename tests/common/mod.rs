@@ -1,10 +1,11 @@
-//! Test harness: a real tansu broker process, a fresh PostGIS database per test, the real
-//! `ngsiflow` binary as a child process, and a producer. Every process is killed on drop.
+//! Test harness: a real Apache Kafka broker (scripts/kafka.sh), a fresh PostGIS database per
+//! test, the real `ngsiflow` binary as a child process, and a producer. Every process is stopped
+//! on drop.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -26,63 +27,144 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The tansu binary: `NGSIFLOW_TANSU_BIN`, else the cache `scripts/install-deps.sh` fills.
-pub fn tansu_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("NGSIFLOW_TANSU_BIN") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    let cache =
-        std::env::var("NGSIFLOW_CACHE_DIR").unwrap_or_else(|_| format!("{home}/.cache/ngsiflow"));
-    let p = PathBuf::from(cache).join("tansu-0.6.0/bin/tansu");
-    assert!(
-        p.exists(),
-        "tansu not found at {} (run scripts/install-deps.sh)",
-        p.display()
-    );
-    p
-}
-
-/// A tansu broker with in-memory storage on a free port.
+/// A single-node Apache Kafka broker (KRaft) started by `scripts/kafka.sh` on a free port with
+/// its own data directory; stopped and its directory removed on drop, also when the test fails.
 pub struct Broker {
-    child: Child,
     pub addr: String,
+    pub port: u16,
+    pub dir: PathBuf,
 }
 
 impl Broker {
     pub fn start() -> Self {
         let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let url = format!("tcp://{addr}");
-        let child = Command::new(tansu_bin())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {addr}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Broker { child, addr }
+        let dir = std::env::temp_dir().join(format!("ngsiflow-kafka-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let broker = Broker {
+            addr: format!("127.0.0.1:{port}"),
+            port,
+            dir,
+        };
+        broker.start_again();
+        broker
+    }
+
+    /// Starts the broker on its existing data directory (topics and committed offsets kept).
+    pub fn start_again(&self) {
+        script(
+            "kafka.sh",
+            &[
+                "start",
+                "--port",
+                &self.port.to_string(),
+                "--dir",
+                self.dir.to_str().unwrap(),
+            ],
+        );
+    }
+
+    /// Stops the broker (SIGTERM, then SIGKILL after 30 s); its data directory stays.
+    pub fn stop(&self) {
+        let _ = Command::new("bash")
+            .arg(repo().join("scripts/kafka.sh"))
+            .args(["stop", "--dir"])
+            .arg(&self.dir)
+            .status();
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Kafka Connect in distributed mode with the Prometheus JMX exporter agent attached, started by
+/// `scripts/connect.sh` against `broker`; stopped and its directory removed on drop.
+pub struct Connect {
+    /// REST API base URL, `http://127.0.0.1:<port>`.
+    pub rest: String,
+    /// The JMX exporter agent's `/metrics` address, `127.0.0.1:<port>`.
+    pub jmx: String,
+    dir: PathBuf,
+}
+
+impl Connect {
+    pub fn start(broker: &str) -> Self {
+        let (rest_port, jmx_port) = (free_port(), free_port());
+        let dir = std::env::temp_dir().join(format!("ngsiflow-connect-{rest_port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let connect = Connect {
+            rest: format!("http://127.0.0.1:{rest_port}"),
+            jmx: format!("127.0.0.1:{jmx_port}"),
+            dir,
+        };
+        script(
+            "connect.sh",
+            &[
+                "start",
+                "--brokers",
+                broker,
+                "--dir",
+                connect.dir.to_str().unwrap(),
+                "--rest-port",
+                &rest_port.to_string(),
+                "--jmx-port",
+                &jmx_port.to_string(),
+                "--group",
+                &format!("connect-{rest_port}"),
+            ],
+        );
+        connect
+    }
+
+    /// Deploys the shipped JDBC sink (scripts/connect/jdbc-sink.json) writing to `jdbc_url`,
+    /// reading `<prefix>demo_historic_processed`, dead letters to `<prefix>raw_errors`; returns
+    /// once its task runs.
+    pub fn deploy_jdbc_sink(&self, jdbc_url: &str, prefix: &str) {
+        script(
+            "connect.sh",
+            &[
+                "deploy",
+                "--rest",
+                &self.rest,
+                "--jdbc-url",
+                jdbc_url,
+                "--prefix",
+                prefix,
+            ],
+        );
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.join("connect.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Connect {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo().join("scripts/connect.sh"))
+            .args(["stop", "--dir"])
+            .arg(&self.dir)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `scripts/<name> args…` and panics with its stderr when it fails.
+pub fn script(name: &str, args: &[&str]) {
+    let out = Command::new("bash")
+        .arg(repo().join("scripts").join(name))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run scripts/{name}: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/{name} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A fresh database with PostGIS and the sample tables.
@@ -342,7 +424,7 @@ pub async fn http(
     (status, body)
 }
 
-/// A producer sending one record per batch (see shared NOTES on tansu).
+/// A producer with librdkafka's normal batching, waiting for every acknowledgement.
 pub struct TestProducer {
     producer: FutureProducer,
 }
@@ -351,8 +433,6 @@ impl TestProducer {
     pub fn new(broker: &str) -> Self {
         let producer = ClientConfig::new()
             .set("bootstrap.servers", broker)
-            .set("batch.num.messages", "1")
-            .set("linger.ms", "0")
             .set("acks", "all")
             .create()
             .unwrap();
