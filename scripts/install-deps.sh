@@ -3,7 +3,8 @@
 # the version scripts/versions.env names (under ~/.cache/ngsiflow, or $NGSIFLOW_CACHE_DIR):
 #   - PostgreSQL server + PostGIS (Debian); creates and starts cluster <major>/main when absent
 #     and lets local TCP connections in without a password (trust on 127.0.0.1 and ::1)
-#   - Prometheus + promtool and postgres-exporter (Debian)
+#   - Prometheus + promtool and postgres-exporter (Debian); libssl-dev and pkg-config, with which
+#     librdkafka is built for Kafka TLS and SASL
 #   - Apache Kafka (KRaft broker) and the Kafka Connect runtime with connect-json, connect-file
 #     and connect-transforms, Debezium's JDBC sink connector as a Connect plugin, and the
 #     Prometheus JMX exporter java agent: resolved from Maven Central by mvn from
@@ -17,8 +18,9 @@ say() { echo "[install-deps] $*" >&2; }
 
 # --- Debian packages -------------------------------------------------------------------------
 need_apt=()
+# libssl-dev + pkg-config: librdkafka is built with OpenSSL (Kafka TLS and SASL SCRAM).
 for pkg in "postgresql-$POSTGRES_MAJOR" "postgresql-$POSTGRES_MAJOR-postgis-$POSTGIS_MAJOR" \
-           prometheus prometheus-postgres-exporter; do
+           prometheus prometheus-postgres-exporter libssl-dev pkg-config; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ "${#need_apt[@]}" -gt 0 ]; then

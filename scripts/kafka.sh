@@ -4,6 +4,7 @@
 # the benchmark.
 #
 #   scripts/kafka.sh start --port P --dir D [--controller-port C] [--partitions N]
+#                          [--tls-dir T --ssl-port S] [--tls-dir T --sasl-ssl-port Q --sasl-user U:PASSWORD]
 #   scripts/kafka.sh stop --dir D
 #
 # start formats D/data on first use (so a restart on the same D keeps every topic and offset),
@@ -12,18 +13,28 @@
 # Settings are for a one-node stack: internal topics with replication factor 1, few
 # __consumer_offsets partitions, group.initial.rebalance.delay.ms=0 so consumer groups form at
 # once. KAFKA_HEAP_OPTS (default -Xmx512m) sizes the JVM.
+#
+# Secured listeners (besides the PLAINTEXT one on P, which stays for local tooling): --ssl-port
+# adds an SSL listener and --sasl-ssl-port a SASL_SSL listener accepting PLAIN, SCRAM-SHA-256 and
+# SCRAM-SHA-512 for the user --sasl-user (SCRAM credentials are stored when the directory is
+# formatted, so give it on the first start). Both are advertised as localhost:<port> and present
+# T/server.pem with key T/server.key (PEM, unencrypted PKCS#8), which must name localhost.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 source "$ROOT/scripts/lib.sh"
 
 cmd="${1:-}"; shift || true
-PORT=""; DIR=""; CPORT=""; PARTITIONS=1
+PORT=""; DIR=""; CPORT=""; PARTITIONS=1; TLS_DIR=""; SSL_PORT=""; SASL_PORT=""; SASL_USER=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --port) PORT="$2"; shift ;;
     --dir) DIR="$2"; shift ;;
     --controller-port) CPORT="$2"; shift ;;
     --partitions) PARTITIONS="$2"; shift ;;
+    --tls-dir) TLS_DIR="$2"; shift ;;
+    --ssl-port) SSL_PORT="$2"; shift ;;
+    --sasl-ssl-port) SASL_PORT="$2"; shift ;;
+    --sasl-user) SASL_USER="$2"; shift ;;
     *) echo "usage: $0 start --port P --dir D [--controller-port C] [--partitions N] | stop --dir D" >&2; exit 2 ;;
   esac
   shift
@@ -50,15 +61,47 @@ if [ -z "$CPORT" ]; then
 fi
 echo "$CPORT" >"$DIR/controller.port"
 
+listeners="PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT"
+advertised="PLAINTEXT://127.0.0.1:$PORT"
+protocols="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+secure=""
+scram_args=()
+if [ -n "$SSL_PORT$SASL_PORT" ]; then
+  [ -f "$TLS_DIR/server.pem" ] && [ -f "$TLS_DIR/server.key" ] \
+    || { echo "kafka.sh: secured listeners need --tls-dir with server.pem and server.key" >&2; exit 2; }
+  # Kafka's PEM keystore: the private key followed by the certificate chain, in one file.
+  cat "$TLS_DIR/server.key" "$TLS_DIR/server.pem" >"$DIR/keystore.pem"
+  secure="ssl.keystore.type=PEM
+ssl.keystore.location=$DIR/keystore.pem"
+fi
+if [ -n "$SSL_PORT" ]; then
+  listeners="$listeners,SSL://127.0.0.1:$SSL_PORT"
+  advertised="$advertised,SSL://localhost:$SSL_PORT"
+  protocols="$protocols,SSL:SSL"
+fi
+if [ -n "$SASL_PORT" ]; then
+  [ -n "$SASL_USER" ] || { echo "kafka.sh: --sasl-ssl-port needs --sasl-user USER:PASSWORD" >&2; exit 2; }
+  user="${SASL_USER%%:*}"; pass="${SASL_USER#*:}"
+  listeners="$listeners,SASL_SSL://127.0.0.1:$SASL_PORT"
+  advertised="$advertised,SASL_SSL://localhost:$SASL_PORT"
+  protocols="$protocols,SASL_SSL:SASL_SSL"
+  secure="$secure
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$user=\"$pass\";
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
+  scram_args=(--add-scram "SCRAM-SHA-256=[name=$user,password=$pass]" --add-scram "SCRAM-SHA-512=[name=$user,password=$pass]")
+fi
+
 cat >"$DIR/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$CPORT
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
+listeners=$listeners
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=$protocols
 log.dirs=$DIR/data
 num.partitions=$PARTITIONS
 auto.create.topics.enable=true
@@ -69,6 +112,7 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+$secure
 PROPS
 
 java_cmd() {
@@ -81,7 +125,7 @@ java_cmd() {
 if [ ! -f "$DIR/data/meta.properties" ]; then
   java_cmd kafka.tools.StorageTool format --standalone --ignore-formatted \
     --cluster-id "$(java_cmd kafka.tools.StorageTool random-uuid)" \
-    --config "$DIR/server.properties" >"$DIR/format.log" 2>&1 \
+    --config "$DIR/server.properties" ${scram_args[@]+"${scram_args[@]}"} >"$DIR/format.log" 2>&1 \
     || { cat "$DIR/format.log" >&2; exit 1; }
 fi
 

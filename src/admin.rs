@@ -282,7 +282,7 @@ async fn ready(state: &AdminState) -> Resp {
             reasons.push(format!("flow {name} has no partitions assigned"));
         }
     }
-    if !crate::postgis::reachable(&state.config.args.pg_url, Duration::from_secs(2)).await {
+    if !crate::postgis::reachable(&state.config.pg, Duration::from_secs(2)).await {
         reasons.push("postgresql is not reachable".into());
     }
     if reasons.is_empty() {

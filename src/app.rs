@@ -119,7 +119,7 @@ pub async fn run(
     let args = &config.args;
     let names: Vec<String> = config.flows.iter().map(|f| f.name.clone()).collect();
     let metrics = Arc::new(Metrics::new(&names, args.max_tenant_labels));
-    let base = client_config(&args.brokers, &args.kafka_config);
+    let base = client_config(&args.brokers, &config.kafka_settings);
 
     let mut topics: Vec<String> = config.flows.iter().map(|f| f.topic.clone()).collect();
     topics.push(config.dead_letter_topic.clone());
@@ -144,7 +144,7 @@ pub async fn run(
             // window never needs more than a few MiB, and -X can raise it.
             .set("queued.max.messages.kbytes", "16384")
             .set("client.id", format!("ngsiflow-{}", spec.name));
-        for (k, v) in &args.kafka_config {
+        for (k, v) in &config.kafka_settings {
             c.set(k, v);
         }
         // Offsets are committed by the processor, only after the window is durable: these two
@@ -159,7 +159,7 @@ pub async fn run(
         processors.push(FlowProcessor {
             spec: spec.clone(),
             consumer,
-            sink: Sink::new(&args.pg_url, Duration::from_millis(args.db_timeout_ms)),
+            sink: Sink::new(config.pg.clone(), Duration::from_millis(args.db_timeout_ms)),
             dead_letters: dead_letters.clone(),
             metrics: metrics.clone(),
             status,

@@ -95,16 +95,78 @@ pub struct RunArgs {
     /// librdkafka statistics interval in milliseconds (feeds the consumer lag gauge).
     #[arg(long, env = "NGSIFLOW_KAFKA_STATS_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub kafka_stats_ms: u64,
+    /// File holding the PostgreSQL password; it replaces any password in `--pg-url`.
+    #[arg(long, env = "NGSIFLOW_PG_PASSWORD_FILE")]
+    pub pg_password_file: Option<PathBuf>,
+    /// Kafka TLS and SASL.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub kafka_security: KafkaSecurityArgs,
     /// Extra librdkafka properties for consumers and the dead-letter producer (`key=value`,
-    /// repeatable), e.g. `-X security.protocol=SASL_SSL -X sasl.password=…`.
+    /// repeatable), e.g. `-X fetch.max.bytes=1048576`; they override the named flags.
     #[arg(short = 'X', long = "kafka-config", env = "NGSIFLOW_KAFKA_CONFIG", value_delimiter = ';', value_parser = parse_kv)]
     pub kafka_config: Vec<(String, String)>,
 }
 
 fn parse_pg_url(s: &str) -> Result<String, String> {
-    crate::postgis::validate_url(s)
-        .map(|()| s.to_string())
+    crate::postgis::tls::PgConnect::parse(s, None)
+        .map(|_| s.to_string())
         .map_err(|e| format!("invalid PostgreSQL connection string: {e}"))
+}
+
+/// Kafka TLS and SASL flags shared by `run` and `produce`, named after the librdkafka
+/// properties they set (`security.protocol`, `sasl.mechanism`, `sasl.username`,
+/// `sasl.password`, `ssl.ca.location`, `ssl.certificate.location`, `ssl.key.location`);
+/// `-X key=value` still overrides any of them. The password is never serialised (`/config`).
+#[derive(Debug, Clone, Default, Args, Serialize)]
+pub struct KafkaSecurityArgs {
+    /// `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    #[arg(long, env = "NGSIFLOW_KAFKA_SECURITY_PROTOCOL", value_parser = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"], ignore_case = true)]
+    pub kafka_security_protocol: Option<String>,
+    /// SASL mechanism: `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    #[arg(long, env = "NGSIFLOW_KAFKA_SASL_MECHANISM", value_parser = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"], ignore_case = true)]
+    pub kafka_sasl_mechanism: Option<String>,
+    /// SASL user name.
+    #[arg(long, env = "NGSIFLOW_KAFKA_SASL_USERNAME")]
+    pub kafka_sasl_username: Option<String>,
+    /// SASL password (prefer the file or the environment: a flag shows in `ps`).
+    #[arg(long, env = "NGSIFLOW_KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    #[serde(skip)]
+    pub kafka_sasl_password: Option<String>,
+    /// File holding the SASL password (one line; a trailing newline is ignored).
+    #[arg(
+        long,
+        env = "NGSIFLOW_KAFKA_SASL_PASSWORD_FILE",
+        conflicts_with = "kafka_sasl_password"
+    )]
+    pub kafka_sasl_password_file: Option<PathBuf>,
+    /// CA certificate(s), PEM, that the brokers' certificates must chain to (default: the
+    /// system's trust store, as librdkafka does).
+    #[arg(long, env = "NGSIFLOW_KAFKA_SSL_CA_LOCATION")]
+    pub kafka_ssl_ca_location: Option<PathBuf>,
+    /// Client certificate, PEM, for brokers that require one (mutual TLS).
+    #[arg(long, env = "NGSIFLOW_KAFKA_SSL_CERTIFICATE_LOCATION")]
+    pub kafka_ssl_certificate_location: Option<PathBuf>,
+    /// Client private key, PEM, for `--kafka-ssl-certificate-location`.
+    #[arg(long, env = "NGSIFLOW_KAFKA_SSL_KEY_LOCATION")]
+    pub kafka_ssl_key_location: Option<PathBuf>,
+}
+
+/// Reads a secret from `path`: the whole file less one trailing newline (`\n` or `\r\n`).
+///
+/// # Errors
+/// A message naming `flag` and the file when it cannot be read or is empty.
+pub fn read_secret_file(flag: &str, path: &std::path::Path) -> Result<String, String> {
+    let s = std::fs::read_to_string(path)
+        .map_err(|e| format!("{flag}: cannot read {}: {e}", path.display()))?;
+    let s = s
+        .strip_suffix('\n')
+        .map(|s| s.strip_suffix('\r').unwrap_or(s))
+        .unwrap_or(&s);
+    if s.is_empty() {
+        return Err(format!("{flag}: {} is empty", path.display()));
+    }
+    Ok(s.to_string())
 }
 
 fn parse_datamodel(s: &str) -> Result<Datamodel, String> {
@@ -146,6 +208,9 @@ pub enum ConfigError {
     /// `--flows` names a flow that no file defines.
     #[error("invalid configuration: --flows: unknown flow {0:?}")]
     UnknownFlow(String),
+    /// A secret file, a certificate or a TLS/SASL setting is unusable.
+    #[error("invalid configuration: {0}")]
+    Security(String),
     /// No flow is enabled.
     #[error(
         "invalid configuration: no flow is enabled (check `enabled` in the flow files and --flows)"
@@ -162,6 +227,10 @@ pub struct Config {
     pub flows: Vec<FlowSpec>,
     /// Dead-letter topic, resolved.
     pub dead_letter_topic: String,
+    /// PostgreSQL settings and TLS connector (password file and certificates read).
+    pub pg: crate::postgis::PgEndpoint,
+    /// librdkafka properties for every client: the security flags, then `-X` overrides.
+    pub kafka_settings: Vec<(String, String)>,
 }
 
 impl Config {
@@ -187,10 +256,25 @@ impl Config {
             .dead_letter_topic
             .clone()
             .unwrap_or_else(|| format!("{}ngsiflow_dead_letter", args.topic_prefix));
+        let password = args
+            .pg_password_file
+            .as_deref()
+            .map(|p| read_secret_file("--pg-password-file", p))
+            .transpose()
+            .map_err(ConfigError::Security)?;
+        let pg = crate::postgis::PgEndpoint::new(&args.pg_url, password.as_deref())
+            .map_err(|e| ConfigError::Security(format!("--pg-url: {e}")))?;
+        let kafka_settings = crate::kafka::security_settings(&args.kafka_security)
+            .map_err(ConfigError::Security)?
+            .into_iter()
+            .chain(args.kafka_config.iter().cloned())
+            .collect();
         Ok(Self {
             args,
             flows,
             dead_letter_topic,
+            pg,
+            kafka_settings,
         })
     }
 

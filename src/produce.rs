@@ -68,7 +68,11 @@ pub struct ProduceArgs {
     /// Partitions for raw topics that do not exist yet.
     #[arg(long, default_value_t = 3)]
     pub partitions: i32,
-    /// librdkafka producer properties (`key=value`, repeatable), e.g. `-X batch.num.messages=1`.
+    /// Kafka TLS and SASL (as for `run`).
+    #[command(flatten)]
+    pub kafka_security: crate::config::KafkaSecurityArgs,
+    /// librdkafka producer properties (`key=value`, repeatable), e.g. `-X batch.num.messages=1`;
+    /// they override the named flags.
     #[arg(short = 'X', long = "kafka-config", value_parser = crate::config::parse_kv)]
     pub kafka_config: Vec<(String, String)>,
     /// No progress line.
@@ -82,6 +86,9 @@ pub enum ProduceError {
     /// File unreadable or not JSON.
     #[error("{0}")]
     Input(String),
+    /// Inconsistent or unreadable TLS/SASL settings.
+    #[error("invalid configuration: {0}")]
+    Config(String),
     /// Kafka error.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
@@ -200,7 +207,12 @@ pub async fn run(args: ProduceArgs) -> Result<(), ProduceError> {
         Some(f) => f.len() as u64,
         None => 16,
     });
-    let base = client_config(&args.brokers, &[]);
+    let settings: Vec<(String, String)> = crate::kafka::security_settings(&args.kafka_security)
+        .map_err(ProduceError::Config)?
+        .into_iter()
+        .chain(args.kafka_config.iter().cloned())
+        .collect();
+    let base = client_config(&args.brokers, &settings);
     let names: Vec<String> = topics.iter().map(|(t, _)| t.clone()).collect();
     if let Err(e) = ensure_topics(&base, &names, args.partitions).await {
         eprintln!("warning: could not create topics ({e}); assuming they exist");
@@ -209,7 +221,7 @@ pub async fn run(args: ProduceArgs) -> Result<(), ProduceError> {
     c.set("acks", "all")
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "500000");
-    for (k, v) in &args.kafka_config {
+    for (k, v) in &settings {
         c.set(k, v);
     }
     let producer: FutureProducer = c.create()?;

@@ -16,7 +16,10 @@ fn invalid_configuration_exits_2_naming_the_key() {
     let bad_dir = dir.to_str().unwrap().to_string();
     let good_dir = repo().join("flows").to_str().unwrap().to_string();
     // (flow file written to the bad directory, flags, what stderr must name)
-    let cases: [(Option<&str>, Vec<&str>, &str); 4] = [
+    let empty = dir.join("empty-secret");
+    std::fs::write(&empty, "\n").unwrap();
+    let empty = empty.to_str().unwrap().to_string();
+    let cases: [(Option<&str>, Vec<&str>, &str); 9] = [
         (
             Some("name = \"historic\"\nwrite_mode = \"insert\"\nbatch = 3\n"),
             vec!["--flows-dir", &bad_dir],
@@ -32,6 +35,55 @@ fn invalid_configuration_exits_2_naming_the_key() {
             None,
             vec!["--flows", "nope", "--flows-dir", &good_dir],
             "--flows: unknown flow \"nope\"",
+        ),
+        (
+            None,
+            vec![
+                "--flows-dir",
+                &good_dir,
+                "--pg-password-file",
+                "/nonexistent/pw",
+            ],
+            "--pg-password-file: cannot read /nonexistent/pw",
+        ),
+        (
+            None,
+            vec![
+                "--flows-dir",
+                &good_dir,
+                "--kafka-security-protocol",
+                "sasl_ssl",
+                "--kafka-sasl-username",
+                "u",
+                "--kafka-sasl-password-file",
+                &empty,
+            ],
+            "--kafka-sasl-password-file",
+        ),
+        (
+            None,
+            vec![
+                "--flows-dir",
+                &good_dir,
+                "--kafka-sasl-mechanism",
+                "SCRAM-SHA-256",
+            ],
+            "need --kafka-security-protocol sasl_ssl",
+        ),
+        (
+            None,
+            vec!["--pg-url", "postgres://db/x?sslmode=verify-full"],
+            "needs sslrootcert",
+        ),
+        (
+            None,
+            vec![
+                "--flows-dir",
+                &good_dir,
+                "--pg-url",
+                "postgres://db/x?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            ],
+            "sslrootcert /nonexistent/ca.pem",
         ),
     ];
     for (file, flags, want) in cases {
@@ -125,19 +177,14 @@ async fn connect_dead_letters_and_failed_deletes_reach_the_error_log() {
     let t = Duration::from_secs(30);
     w.wait_metric("ngsiflow_dead_letter_total{flow=\"lastdata\"} 1", t)
         .await;
-    let metrics = w
-        .wait_metric("ngsiflow_dead_letter_total{flow=\"errors\"} 1", t)
-        .await;
-    assert!(
-        metrics.contains("ngsiflow_error_log_failures_total{flow=\"errors\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("ngsiflow_records_total{flow=\"errors\",outcome=\"written\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("ngsiflow_records_total{flow=\"errors\",outcome=\"error_logged\"} 1"),
-        "{metrics}"
-    );
+    // Dead letters are counted before the window commits and the record outcomes after it, so
+    // each is awaited rather than read from one scrape.
+    for needle in [
+        "ngsiflow_dead_letter_total{flow=\"errors\"} 1",
+        "ngsiflow_error_log_failures_total{flow=\"errors\"} 1",
+        "ngsiflow_records_total{flow=\"errors\",outcome=\"written\"} 1",
+        "ngsiflow_records_total{flow=\"errors\",outcome=\"error_logged\"} 1",
+    ] {
+        w.wait_metric(needle, t).await;
+    }
 }

@@ -19,7 +19,72 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use crate::metrics::Metrics;
 
-/// Base librdkafka settings: bootstrap servers plus user overrides (`-X key=value`).
+/// The librdkafka properties for the TLS and SASL flags (`security.protocol`, `sasl.*`,
+/// `ssl.*`), the password read from its file when one is named. SASL needs a user name and a
+/// password; a mechanism needs a `sasl_*` protocol.
+///
+/// # Errors
+/// A message naming the flag that is missing, inconsistent or unreadable.
+pub fn security_settings(
+    args: &crate::config::KafkaSecurityArgs,
+) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let protocol = args
+        .kafka_security_protocol
+        .as_deref()
+        .map(str::to_ascii_lowercase);
+    let sasl = matches!(protocol.as_deref(), Some("sasl_plaintext" | "sasl_ssl"));
+    if let Some(p) = &protocol {
+        out.push(("security.protocol".into(), p.clone()));
+    }
+    let password = match (&args.kafka_sasl_password, &args.kafka_sasl_password_file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(f)) => Some(crate::config::read_secret_file(
+            "--kafka-sasl-password-file",
+            f,
+        )?),
+        (None, None) => None,
+    };
+    if sasl {
+        let mechanism = args
+            .kafka_sasl_mechanism
+            .as_deref()
+            .map_or("PLAIN".to_string(), str::to_ascii_uppercase);
+        let user = args
+            .kafka_sasl_username
+            .clone()
+            .ok_or("--kafka-sasl-username is required with --kafka-security-protocol sasl_*")?;
+        let password = password.ok_or(
+            "a SASL password is required (--kafka-sasl-password-file or NGSIFLOW_KAFKA_SASL_PASSWORD)",
+        )?;
+        out.push(("sasl.mechanism".into(), mechanism));
+        out.push(("sasl.username".into(), user));
+        out.push(("sasl.password".into(), password));
+    } else if args.kafka_sasl_mechanism.is_some() || args.kafka_sasl_username.is_some() {
+        return Err(
+            "--kafka-sasl-mechanism and --kafka-sasl-username need --kafka-security-protocol sasl_ssl or sasl_plaintext"
+                .into(),
+        );
+    }
+    for (key, path) in [
+        ("ssl.ca.location", &args.kafka_ssl_ca_location),
+        (
+            "ssl.certificate.location",
+            &args.kafka_ssl_certificate_location,
+        ),
+        ("ssl.key.location", &args.kafka_ssl_key_location),
+    ] {
+        if let Some(p) = path {
+            if !p.is_file() {
+                return Err(format!("{key}: {} is not a readable file", p.display()));
+            }
+            out.push((key.into(), p.display().to_string()));
+        }
+    }
+    Ok(out)
+}
+
+/// Base librdkafka settings: bootstrap servers plus `settings` (security, then `-X` overrides).
 pub fn client_config(brokers: &str, overrides: &[(String, String)]) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers);
@@ -146,7 +211,11 @@ pub async fn ensure_topics(
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
         .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    // Both timeouts: the request one also bounds a broker that cannot be reached or refuses
+    // the client (TLS or SASL failure), which would otherwise wait for librdkafka's 60 s.
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&new, &opts).await? {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}

@@ -690,7 +690,10 @@ mod tests {
                     status.clone(),
                 ))
                 .unwrap(),
-            sink: Sink::new("postgres://127.0.0.1:1/x", Duration::from_secs(1)),
+            sink: Sink::new(
+                crate::postgis::PgEndpoint::new("postgres://127.0.0.1:1/x", None).unwrap(),
+                Duration::from_secs(1),
+            ),
             dead_letters: Arc::new(DeadLetterProducer::new(&base, "dl").unwrap()),
             metrics,
             status,

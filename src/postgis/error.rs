@@ -58,7 +58,21 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
             }
             s
         }
-        None => e.to_string(),
+        None => {
+            // tokio-postgres shows only the kind ("error performing TLS handshake"); the reason
+            // (e.g. rustls's "invalid peer certificate: UnknownIssuer") is in the source chain.
+            let mut s = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                let text = cause.to_string();
+                if !s.contains(&text) {
+                    s.push_str(": ");
+                    s.push_str(&text);
+                }
+                source = cause.source();
+            }
+            s
+        }
     }
 }
 

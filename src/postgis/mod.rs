@@ -11,6 +11,7 @@
 pub mod error;
 pub mod plan;
 pub mod sql;
+pub mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls, Statement, Transaction};
+use tokio_postgres::{Client, Statement, Transaction};
 
 use crate::flow::transform::{OpKind, RowOp};
 use crate::flow::{FlowSpec, WriteMode};
@@ -27,6 +28,7 @@ use crate::route::TableRef;
 use error::{classify, describe, is_stale_metadata, ErrorClass};
 use plan::Group;
 use sql::{Col, Literal};
+pub use tls::PgEndpoint;
 
 /// Longest error text stored in the error log (as the reference, §6.2).
 const MAX_ERROR_CHARS: usize = 4000;
@@ -127,7 +129,7 @@ pub struct WindowOutcome {
 
 /// The PostGIS sink of one flow: one connection, table metadata and prepared statement caches.
 pub struct Sink {
-    url: String,
+    endpoint: PgEndpoint,
     client: Option<Client>,
     meta: HashMap<TableRef, (Instant, Arc<TableMeta>)>,
     statements: HashMap<String, Statement>,
@@ -136,25 +138,13 @@ pub struct Sink {
     window_timeout: Duration,
 }
 
-/// Checks that `url` is a PostgreSQL connection string tokio-postgres accepts (start-up
-/// validation).
-///
-/// # Errors
-/// The parser's message.
-pub fn validate_url(url: &str) -> Result<(), String> {
-    url.parse::<tokio_postgres::Config>()
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
 impl Sink {
-    /// A sink for `url` (`postgres://user:pass@host:port/db` or key=value form); connects
-    /// lazily. A window's transaction that takes longer than `window_timeout` is abandoned as a
-    /// transient failure (its connection is dropped, so the server rolls it back): a half-open
-    /// connection or a lock wait never hangs the flow.
-    pub fn new(url: &str, window_timeout: Duration) -> Self {
+    /// A sink for `endpoint`; connects lazily. A window's transaction that takes longer than
+    /// `window_timeout` is abandoned as a transient failure (its connection is dropped, so the
+    /// server rolls it back): a half-open connection or a lock wait never hangs the flow.
+    pub fn new(endpoint: PgEndpoint, window_timeout: Duration) -> Self {
         Self {
-            url: url.to_string(),
+            endpoint,
             client: None,
             meta: HashMap::new(),
             statements: HashMap::new(),
@@ -174,15 +164,12 @@ impl Sink {
         }
         self.client = None;
         self.statements.clear();
-        let mut config: tokio_postgres::Config = self
-            .url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| TransientError(e.to_string()))?;
+        let mut config = self.endpoint.config.clone();
         // Detect a dead peer in under a minute instead of the kernel's two hours.
         config
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30));
-        let fut = config.connect(NoTls);
+        let fut = config.connect(self.endpoint.tls.clone());
         let (client, connection) = tokio::time::timeout(self.connect_timeout, fut)
             .await
             .map_err(|_| TransientError("connect timed out".into()))?
@@ -880,17 +867,35 @@ fn storable(s: String) -> String {
     }
 }
 
-/// True when a fresh connection to `url` answers `SELECT 1` within `timeout` (`/ready`).
-pub async fn reachable(url: &str, timeout: Duration) -> bool {
+/// Connects to `endpoint` and runs `SELECT 1` within `timeout`.
+///
+/// # Errors
+/// The connection or query error as PostgreSQL or the TLS layer reports it, or a timeout.
+pub async fn check(endpoint: &PgEndpoint, timeout: Duration) -> Result<(), String> {
     let attempt = async {
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await.ok()?;
+        let (client, connection) = endpoint
+            .config
+            .connect(endpoint.tls.clone())
+            .await
+            .map_err(|e| describe(&e))?;
         let handle = tokio::spawn(connection);
-        let ok = client.simple_query("SELECT 1").await.is_ok();
+        let r = client
+            .simple_query("SELECT 1")
+            .await
+            .map(|_| ())
+            .map_err(|e| describe(&e));
         drop(client);
         let _ = handle.await;
-        Some(ok)
+        r
     };
-    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {} ms", timeout.as_millis())))
+}
+
+/// True when a fresh connection to `endpoint` answers `SELECT 1` within `timeout` (`/ready`).
+pub async fn reachable(endpoint: &PgEndpoint, timeout: Duration) -> bool {
+    check(endpoint, timeout).await.is_ok()
 }
 
 #[cfg(test)]

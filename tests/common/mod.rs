@@ -49,6 +49,44 @@ impl Broker {
         broker
     }
 
+    /// A broker that also has an SSL listener on `ssl_port` and a SASL_SSL listener on
+    /// `sasl_port` (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 for `user`/`password`), both presenting
+    /// `pki`'s `server.pem` and advertised as `localhost`.
+    pub fn start_secured(
+        pki: &Pki,
+        ssl_port: u16,
+        sasl_port: u16,
+        user: &str,
+        password: &str,
+    ) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("ngsiflow-kafka-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        script(
+            "kafka.sh",
+            &[
+                "start",
+                "--port",
+                &port.to_string(),
+                "--dir",
+                dir.to_str().unwrap(),
+                "--tls-dir",
+                pki.dir.to_str().unwrap(),
+                "--ssl-port",
+                &ssl_port.to_string(),
+                "--sasl-ssl-port",
+                &sasl_port.to_string(),
+                "--sasl-user",
+                &format!("{user}:{password}"),
+            ],
+        );
+        Broker {
+            addr: format!("127.0.0.1:{port}"),
+            port,
+            dir,
+        }
+    }
+
     /// Starts the broker on its existing data directory (topics and committed offsets kept).
     pub fn start_again(&self) {
         script(
@@ -167,6 +205,177 @@ pub fn script(name: &str, args: &[&str]) {
     );
 }
 
+/// Throwaway certificates made by `scripts/dev-certs.sh` in a fresh directory (removed on drop).
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    pub fn create() -> Self {
+        let dir = std::env::temp_dir().join(format!("ngsiflow-pki-{}", free_port()));
+        let _ = std::fs::remove_dir_all(&dir);
+        script("dev-certs.sh", &[dir.to_str().unwrap()]);
+        Pki { dir }
+    }
+
+    /// `<dir>/<name>` as a string.
+    pub fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A private PostgreSQL cluster (the system's PostgreSQL binaries, run as `postgres`) that
+/// accepts TCP connections only over TLS, with `localhost.pem` from `pki` (names `localhost`
+/// only). Roles: `postgres` (trust over TLS), `certuser` (client certificate required, `cert`
+/// authentication), `secretuser` (password `s3cret-pg`, SCRAM). Stopped and removed on drop,
+/// also when the test fails.
+pub struct TlsPostgres {
+    pub port: u16,
+    dir: PathBuf,
+}
+
+fn pg_bin(name: &str) -> String {
+    let versions = std::fs::read_to_string(repo().join("scripts/versions.env")).unwrap();
+    let major = versions
+        .lines()
+        .find_map(|l| l.strip_prefix("POSTGRES_MAJOR="))
+        .unwrap();
+    format!("/usr/lib/postgresql/{major}/bin/{name}")
+}
+
+fn as_postgres(args: &[&str]) -> std::process::Output {
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .args(args)
+        .output()
+        .expect("runuser");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl TlsPostgres {
+    pub fn start(pki: &Pki) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("ngsiflow-pgtls-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pg = TlsPostgres { port, dir };
+        let data = pg.dir.join("data");
+        for f in ["localhost.pem", "localhost.key", "ca.pem"] {
+            std::fs::copy(pki.dir.join(f), pg.dir.join(f)).unwrap();
+        }
+        Command::new("chown")
+            .args(["-R", "postgres:postgres", pg.dir.to_str().unwrap()])
+            .status()
+            .unwrap();
+        as_postgres(&[
+            &pg_bin("initdb"),
+            "-D",
+            data.to_str().unwrap(),
+            "-U",
+            "postgres",
+            "--auth=trust",
+        ]);
+        let d = pg.dir.display();
+        let conf = format!(
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{d}'\n\
+             ssl = on\nssl_cert_file = '{d}/localhost.pem'\nssl_key_file = '{d}/localhost.key'\n\
+             ssl_ca_file = '{d}/ca.pem'\n"
+        );
+        let mut c = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+        c.push_str(&conf);
+        std::fs::write(data.join("postgresql.conf"), c).unwrap();
+        // TCP only over TLS (no hostnossl or host line at all); the socket for set-up.
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all postgres trust\n\
+             hostssl all certuser 127.0.0.1/32 cert\n\
+             hostssl all secretuser 127.0.0.1/32 scram-sha-256\n\
+             hostssl all all 127.0.0.1/32 trust\n",
+        )
+        .unwrap();
+        as_postgres(&[
+            &pg_bin("pg_ctl"),
+            "-D",
+            data.to_str().unwrap(),
+            "-l",
+            pg.dir.join("log").to_str().unwrap(),
+            "-w",
+            "start",
+        ]);
+        pg.psql(
+            "postgres",
+            "CREATE ROLE certuser LOGIN SUPERUSER; CREATE ROLE secretuser LOGIN SUPERUSER PASSWORD 's3cret-pg'",
+        );
+        pg
+    }
+
+    /// Runs SQL in `db` over the Unix socket as `postgres`.
+    pub fn psql(&self, db: &str, sql: &str) {
+        as_postgres(&[
+            "psql",
+            "-h",
+            self.dir.to_str().unwrap(),
+            "-p",
+            &self.port.to_string(),
+            "-d",
+            db,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qc",
+            sql,
+        ]);
+    }
+
+    /// Creates `db` with PostGIS and the sample tables.
+    pub fn create_sample_db(&self, db: &str) {
+        self.psql("postgres", &format!("CREATE DATABASE {db}"));
+        let ddl = std::fs::read_to_string(repo().join("scripts/sample-tables.sql")).unwrap();
+        self.psql(db, &ddl);
+    }
+
+    /// `SELECT count(*) FROM table` over the socket.
+    pub fn count(&self, db: &str, table: &str) -> i64 {
+        let out = as_postgres(&[
+            "psql",
+            "-h",
+            self.dir.to_str().unwrap(),
+            "-p",
+            &self.port.to_string(),
+            "-d",
+            db,
+            "-tAc",
+            &format!("SELECT count(*) FROM {table}"),
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(-1)
+    }
+}
+
+impl Drop for TlsPostgres {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--", &pg_bin("pg_ctl"), "-D"])
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A fresh database with PostGIS and the sample tables.
 pub struct TestDb {
     pub name: String,
@@ -259,6 +468,17 @@ pub struct Worker {
 
 impl Worker {
     pub fn start(broker: &str, pg_url: &str, group: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(broker, pg_url, group, extra, &[])
+    }
+
+    /// As [`Worker::start`], with extra environment variables.
+    pub fn start_with_env(
+        broker: &str,
+        pg_url: &str,
+        group: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let port = free_port();
         let admin = format!("127.0.0.1:{port}");
         let log = std::env::temp_dir().join(format!("ngsiflow-{group}-{port}.log"));
@@ -284,6 +504,7 @@ impl Worker {
                 "500",
             ])
             .args(extra)
+            .envs(env.iter().copied())
             .env("NGSIFLOW_LOG_LEVEL", "debug")
             .stdout(file.try_clone().unwrap())
             .stderr(file)
