@@ -120,6 +120,10 @@ pub struct FlowContext {
     flow: String,
     metrics: Arc<Metrics>,
     status: Arc<FlowStatus>,
+    /// `(topic, partition)` assigned now. A statistics event computed before a rebalance can
+    /// arrive after it; lag is exported only for what is owned, so a revoked partition's series
+    /// does not come back.
+    owned: std::sync::Mutex<std::collections::HashSet<(String, i32)>>,
 }
 
 impl FlowContext {
@@ -129,14 +133,21 @@ impl FlowContext {
             flow: flow.to_string(),
             metrics,
             status,
+            owned: Default::default(),
         }
     }
 }
 
 impl ClientContext for FlowContext {
     fn stats(&self, statistics: Statistics) {
+        let Ok(owned) = self.owned.lock() else {
+            return;
+        };
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
+                if !owned.contains(&(topic.clone(), *partition)) {
+                    continue;
+                }
                 // -1 is librdkafka's internal "unassigned" partition; only partitions this
                 // consumer owns and has a lag for are exported.
                 if *partition < 0 || !p.desired {
@@ -162,6 +173,13 @@ impl ConsumerContext for FlowContext {
     fn post_rebalance(&self, _base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
+                if let Ok(mut owned) = self.owned.lock() {
+                    owned.extend(
+                        tpl.elements()
+                            .iter()
+                            .map(|e| (e.topic().to_string(), e.partition())),
+                    );
+                }
                 let n = tpl.count() as i64;
                 self.status.assigned.store(n, Ordering::Relaxed);
                 self.metrics
@@ -173,6 +191,11 @@ impl ConsumerContext for FlowContext {
             Rebalance::Revoke(tpl) => {
                 if let Ok(mut r) = self.status.revoked.lock() {
                     r.extend(tpl.elements().iter().map(|e| e.partition()));
+                }
+                if let Ok(mut owned) = self.owned.lock() {
+                    for e in tpl.elements() {
+                        owned.remove(&(e.topic().to_string(), e.partition()));
+                    }
                 }
                 for e in tpl.elements() {
                     let _ = self.metrics.consumer_lag.remove_label_values(&[
