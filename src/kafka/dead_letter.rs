@@ -72,7 +72,11 @@ impl DeadLetterProducer {
         })
     }
 
-    /// Sends every copy; each is retried with capped backoff until acknowledged.
+    /// Sends every copy and waits until the broker acknowledged all of them. The copies are
+    /// enqueued together and their acknowledgements awaited together (one round trip per window,
+    /// not per copy); failed ones are sent again with capped backoff. A copy the broker refuses
+    /// as too large is sent once more without its value (header `ngsiflow.value.omitted`), and
+    /// the other copies of the call are still sent.
     ///
     /// # Errors
     /// The last Kafka error when `cancel` fires before every copy was acknowledged; the caller
@@ -82,52 +86,75 @@ impl DeadLetterProducer {
         letters: &[DeadLetter],
         cancel: &CancellationToken,
     ) -> Result<(), KafkaError> {
-        for letter in letters {
-            let mut backoff = backon::ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(100))
-                .with_max_delay(Duration::from_secs(10))
-                .without_max_times()
-                .build();
-            loop {
-                let mut h = OwnedHeaders::new_with_capacity(letter.headers.len());
-                for (k, v) in &letter.headers {
-                    h = h.insert(Header {
-                        key: k,
-                        value: Some(v),
-                    });
-                }
-                let mut record: FutureRecord<'_, [u8], [u8]> =
-                    FutureRecord::to(&self.topic).headers(h);
-                if let Some(v) = &letter.value {
-                    record = record.payload(v);
-                }
-                if let Some(k) = &letter.key {
-                    record = record.key(k);
-                }
-                match self.producer.send(record, Duration::from_secs(30)).await {
-                    Ok(_) => break,
-                    Err((e, _)) if too_large(&e) && letter.value.is_some() => {
+        let mut backoff = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(10))
+            .without_max_times()
+            .build();
+        // (index into `letters`, send without the value)
+        let mut pending: Vec<(usize, bool)> = (0..letters.len()).map(|i| (i, false)).collect();
+        while !pending.is_empty() {
+            let sends = pending
+                .iter()
+                .map(|&(i, slim)| self.send_one(&letters[i], slim));
+            let results = futures::future::join_all(sends).await;
+            let mut again = Vec::new();
+            let mut last_error = None;
+            for (&(i, slim), result) in pending.iter().zip(results) {
+                match result {
+                    Ok(()) => {}
+                    Err(e) if too_large(&e) && !slim && letters[i].value.is_some() => {
                         // Retrying cannot help: send the copy without its value, saying why; the
                         // error log row and the source offset still identify the record.
                         tracing::warn!(error = %e, topic = %self.topic, "dead-letter copy too large; sending it without the value");
-                        let mut slim = letter.clone();
-                        slim.value = None;
-                        slim.headers
-                            .push((headers::VALUE_OMITTED.into(), b"message too large".to_vec()));
-                        return Box::pin(self.send_all(std::slice::from_ref(&slim), cancel)).await;
+                        again.push((i, true));
                     }
-                    Err((e, _)) => {
-                        tracing::warn!(error = %e, topic = %self.topic, "dead-letter send failed, retrying");
-                        let delay = backoff.next().unwrap_or(Duration::from_secs(10));
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = cancel.cancelled() => return Err(e),
-                        }
+                    Err(e) => {
+                        again.push((i, slim));
+                        last_error = Some(e);
                     }
+                }
+            }
+            pending = again;
+            if let Some(e) = last_error {
+                tracing::warn!(error = %e, topic = %self.topic, copies = pending.len(), "dead-letter send failed, retrying");
+                let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancel.cancelled() => return Err(e),
                 }
             }
         }
         Ok(())
+    }
+
+    /// Sends one copy (without its value when `slim`) and waits for its acknowledgement.
+    async fn send_one(&self, letter: &DeadLetter, slim: bool) -> Result<(), KafkaError> {
+        let mut h = OwnedHeaders::new_with_capacity(letter.headers.len() + 1);
+        for (k, v) in &letter.headers {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        if slim {
+            h = h.insert(Header {
+                key: headers::VALUE_OMITTED,
+                value: Some("message too large"),
+            });
+        }
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(h);
+        if let (Some(v), false) = (&letter.value, slim) {
+            record = record.payload(v);
+        }
+        if let Some(k) = &letter.key {
+            record = record.key(k);
+        }
+        self.producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
     }
 
     /// Flushes outstanding deliveries (shutdown).
