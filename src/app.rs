@@ -13,10 +13,12 @@ use tracing_subscriber::{reload, EnvFilter, Registry};
 use crate::admin::{self, AdminState, LogControl};
 use crate::config::Config;
 use crate::flow::transform::TransformOptions;
+use crate::kafka::consumer::FlowConsumer;
 use crate::kafka::dead_letter::DeadLetterProducer;
-use crate::kafka::processor::FlowProcessor;
 use crate::kafka::{client_config, ensure_topics, FlowContext, FlowStatus};
 use crate::metrics::Metrics;
+use crate::pipeline::intake::IntakeSettings;
+use crate::pipeline::FlowProcessor;
 use crate::postgis::Sink;
 
 /// Partitions given to topics the worker creates (input topics, dead-letter topic).
@@ -42,7 +44,7 @@ pub enum AppError {
     },
     /// A processor failed to start.
     #[error("{0}")]
-    Processor(#[from] crate::kafka::processor::ProcessorError),
+    Processor(#[from] crate::pipeline::ProcessorError),
     /// A flow ended (panicked or returned) before shutdown was requested.
     #[error("a flow stopped unexpectedly (see the log)")]
     FlowStopped,
@@ -157,20 +159,22 @@ pub async fn run(
             status.clone(),
         ))?;
         processors.push(FlowProcessor {
-            spec: spec.clone(),
-            consumer,
+            settings: IntakeSettings {
+                spec: spec.clone(),
+                transform: TransformOptions {
+                    default_datamodel: args.default_datamodel,
+                    srid: args.srid,
+                },
+                topic_prefix: args.topic_prefix.clone(),
+            },
+            consumer: FlowConsumer::new(consumer, &spec.topic),
             sink: Sink::new(config.pg.clone(), Duration::from_millis(args.db_timeout_ms)),
             dead_letters: dead_letters.clone(),
             metrics: metrics.clone(),
             status,
-            transform: TransformOptions {
-                default_datamodel: args.default_datamodel,
-                srid: args.srid,
-            },
             batch_size: args.batch_size as usize,
             linger: Duration::from_millis(args.linger_ms),
             max_backoff: Duration::from_millis(args.retry_max_backoff_ms),
-            topic_prefix: args.topic_prefix.clone(),
         });
     }
 

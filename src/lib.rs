@@ -26,6 +26,7 @@ pub mod flow;
 pub mod kafka;
 pub mod metrics;
 pub mod ngsi;
+pub mod pipeline;
 pub mod postgis;
 pub mod produce;
 pub mod route;

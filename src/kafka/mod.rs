@@ -1,9 +1,9 @@
 //! Kafka side of the worker (does I/O; the only module that uses rdkafka): client settings,
-//! topic creation, the per-flow consumer with its rebalance and statistics hooks, the
-//! dead-letter producer and the flow processor loop.
+//! topic creation, the per-flow consumer with its rebalance and statistics hooks (converting
+//! records to the pipeline's own type at the edge), and the dead-letter producer.
 
+pub(crate) mod consumer;
 pub mod dead_letter;
-pub mod processor;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;

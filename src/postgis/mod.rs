@@ -67,6 +67,9 @@ pub struct WriteItem {
     /// The tenant's error log (shared by the message's records); `None` when its name is
     /// invalid (the dead letter remains).
     pub error_log: Option<Arc<TableRef>>,
+    /// The caller's reference to where the item came from (the pipeline's message id); the
+    /// sink never reads it.
+    pub source: u32,
 }
 
 /// An error log row to write in the window's transaction.

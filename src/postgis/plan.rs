@@ -100,6 +100,7 @@ mod tests {
             columns.push((e.to_string(), CellValue::Null));
         }
         WriteItem {
+            source: 0,
             op: crate::flow::transform::RowOp {
                 target: TableRef {
                     schema: "s".into(),

@@ -1,0 +1,92 @@
+//! A flow's consumer at the edge (does I/O): rdkafka messages become [`Inbound`] records here,
+//! and offsets, pauses and subscriptions go back through here; the pipeline sees no rdkafka
+//! type.
+
+use std::collections::BTreeMap;
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::FlowContext;
+use crate::pipeline::inbound::Inbound;
+
+/// One flow's consumer of one topic.
+pub(crate) struct FlowConsumer {
+    consumer: StreamConsumer<FlowContext>,
+    topic: String,
+}
+
+impl FlowConsumer {
+    /// Wraps `consumer`, which reads `topic`.
+    pub(crate) fn new(consumer: StreamConsumer<FlowContext>, topic: &str) -> Self {
+        Self {
+            consumer,
+            topic: topic.to_string(),
+        }
+    }
+
+    /// Subscribes to the topic (the group assigns partitions).
+    pub(crate) fn subscribe(&self) -> Result<(), KafkaError> {
+        self.consumer.subscribe(&[&self.topic])
+    }
+
+    /// The next record. Rebalances are served inside this call.
+    pub(crate) async fn recv(&self) -> Result<Inbound, KafkaError> {
+        self.consumer.recv().await.map(|m| inbound(&m))
+    }
+
+    /// Pauses every assigned partition (fetching stops; the group membership stays).
+    pub(crate) fn pause_all(&self) {
+        if let Ok(a) = self.consumer.assignment() {
+            let _ = self.consumer.pause(&a);
+        }
+    }
+
+    /// Resumes every assigned partition.
+    pub(crate) fn resume_all(&self) {
+        if let Ok(a) = self.consumer.assignment() {
+            let _ = self.consumer.resume(&a);
+        }
+    }
+
+    /// Commits `next offset` per partition synchronously, so a window counted as done is
+    /// durable in the group.
+    pub(crate) fn commit(&self, offsets: &BTreeMap<i32, i64>) -> Result<(), KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        for (&p, &o) in offsets {
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(o))?;
+        }
+        // block_in_place keeps the broker round trip from stalling the runtime thread's other
+        // tasks.
+        tokio::task::block_in_place(|| self.consumer.commit(&tpl, CommitMode::Sync))
+    }
+}
+
+/// Converts an rdkafka message into an [`Inbound`] (payload, key and headers copied once).
+fn inbound(m: &BorrowedMessage<'_>) -> Inbound {
+    Inbound {
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec),
+        headers: headers(m),
+    }
+}
+
+/// rdkafka panics on a header name that is not UTF-8 (it unwraps the conversion); such a
+/// record is bad input, so the panic is contained here and reported as an error instead of
+/// killing the flow.
+fn headers(m: &BorrowedMessage<'_>) -> Result<Vec<(String, Vec<u8>)>, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        m.headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }))
+    .map_err(|_| "record has a header whose name is not UTF-8".to_string())
+}

@@ -1,0 +1,145 @@
+//! Intake (pure, reads no clock): one input record → what the window holds for it. Decodes the
+//! notification, transforms it with the flow's semantics, and turns every failure before the
+//! database into an error-log row (bad records are logged, never dropped); for the `errors` flow
+//! the Kafka Connect dead letter itself becomes the error-log row.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::flow::transform::{connect_error, transform, TransformOptions};
+use crate::flow::{FlowKind, FlowSpec};
+use crate::ngsi::{decode, NgsiHeaders, DEFAULT_SERVICE};
+use crate::postgis::{self, ErrorLogRow, WriteItem, MAX_QUERY_CHARS};
+use crate::route::{error_log_table, sanitize, TableRef};
+
+use super::inbound::Inbound;
+use super::window::Decoded;
+
+/// What intake needs besides the record.
+#[derive(Debug, Clone)]
+pub(crate) struct IntakeSettings {
+    /// The flow.
+    pub(crate) spec: FlowSpec,
+    /// Datamodel and SRID.
+    pub(crate) transform: TransformOptions,
+    /// Topic prefix (the `errors` flow strips it from Connect topic names).
+    pub(crate) topic_prefix: String,
+}
+
+/// Decodes `record`, received at `now`, into its window entry.
+pub(crate) fn intake(settings: &IntakeSettings, record: &Inbound, now: DateTime<Utc>) -> Decoded {
+    let pairs = match record.header_pairs() {
+        Ok(p) => p,
+        Err(e) => return whole_message_failure(DEFAULT_SERVICE.to_string(), None, record, e, now),
+    };
+    if settings.spec.kind == FlowKind::ConnectErrors {
+        return connect_dead_letter(settings, &pairs, record, now);
+    }
+    match decode(record.payload.as_deref(), &pairs) {
+        Err(e) => {
+            let h = NgsiHeaders::from_pairs(pairs.iter().copied());
+            whole_message_failure(h.service, h.correlator, record, e.to_string(), now)
+        }
+        Ok(n) => {
+            let mut out = Decoded {
+                service: n.headers.service.clone(),
+                correlator: n.headers.correlator.clone(),
+                ..Decoded::default()
+            };
+            let log = error_log_table(&out.service).ok().map(Arc::new);
+            for r in transform(&settings.spec, n, now, &settings.transform) {
+                out.records += 1;
+                match r {
+                    Ok(op) => out.items.push(WriteItem {
+                        op,
+                        error_log: log.clone(),
+                        source: 0,
+                    }),
+                    Err(e) => {
+                        let target = e.target.clone().unwrap_or_else(|| TableRef {
+                            schema: sanitize(&out.service),
+                            table: "unknown_table".into(),
+                        });
+                        let query = postgis::untyped_insert(&target, &e.columns);
+                        bad_record(&mut out, e.entity_index, e.message, Some(query), now);
+                    }
+                }
+            }
+            out
+        }
+    }
+}
+
+/// The one path for a bad record found before the database: an error-log row in its tenant's
+/// error log (when that table name is valid) and a failure, which becomes its dead-letter copy.
+fn bad_record(
+    out: &mut Decoded,
+    entity_index: Option<usize>,
+    error: String,
+    query: Option<String>,
+    now: DateTime<Utc>,
+) {
+    if let Ok(table) = error_log_table(&out.service) {
+        out.error_rows.push((
+            ErrorLogRow {
+                table,
+                timestamp: now,
+                error: error.clone(),
+                query,
+            },
+            false,
+        ));
+    }
+    out.failures.push((entity_index, error));
+}
+
+/// A message that failed as a whole (unreadable headers, not a notification): one record.
+fn whole_message_failure(
+    service: String,
+    correlator: Option<String>,
+    record: &Inbound,
+    error: String,
+    now: DateTime<Utc>,
+) -> Decoded {
+    let mut out = Decoded {
+        service,
+        correlator,
+        records: 1,
+        ..Decoded::default()
+    };
+    let raw = record
+        .payload
+        .as_deref()
+        .map(|p| postgis::truncate(String::from_utf8_lossy(p).to_string(), MAX_QUERY_CHARS));
+    bad_record(&mut out, None, error, raw, now);
+    out
+}
+
+/// The `errors` flow: a Kafka Connect dead letter becomes a row of its tenant's error log.
+fn connect_dead_letter(
+    settings: &IntakeSettings,
+    pairs: &[(&str, &[u8])],
+    record: &Inbound,
+    now: DateTime<Utc>,
+) -> Decoded {
+    let ce = connect_error(pairs, record.payload.as_deref(), &settings.topic_prefix);
+    let mut out = Decoded {
+        records: 1,
+        ..Decoded::default()
+    };
+    match error_log_table(&ce.service) {
+        Ok(table) => out.error_rows.push((
+            ErrorLogRow {
+                table,
+                timestamp: now,
+                error: ce.error,
+                query: ce.query.map(|q| postgis::truncate(q, MAX_QUERY_CHARS)),
+            },
+            true,
+        )),
+        Err(e) => out.failures.push((None, e.to_string())),
+    }
+    out.service = ce.service;
+    out
+}
