@@ -10,7 +10,8 @@ use chrono::Utc;
 use ngsiflow::flow::load_flows;
 use ngsiflow::flow::transform::{transform, TransformOptions};
 use ngsiflow::ngsi::decode;
-use ngsiflow::ngsi::value::{bind_text, CellValue, ColumnKind};
+use ngsiflow::ngsi::value::CellValue;
+use ngsiflow::postgis::bind::{bind_text, ColumnKind};
 use ngsiflow::produce::sample;
 
 fn main() {

@@ -1,6 +1,6 @@
 //! Admin HTTP server (hyper; does I/O): `/metrics`, `/health`, `/ready`, `/logLevel`, `/config`.
 //!
-//! Shapes follow the reference (§8.2) where it has them; unlike it, log levels are validated,
+//! Shapes follow Kafnus's admin server where it has them; unlike it, log levels are validated,
 //! `/ready` checks the broker assignment and PostgreSQL, and every request is counted in RED
 //! metrics under a bounded route label.
 
@@ -208,7 +208,7 @@ fn rss_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
-/// The `/health` body: liveness plus the pipeline summary (reference §8.2 shape).
+/// The `/health` body: liveness plus the pipeline summary (the shape of Kafnus's `/health`).
 pub fn health(state: &AdminState) -> serde_json::Value {
     let now = Utc::now();
     let flows = state.metrics.summaries();

@@ -17,6 +17,7 @@ use crate::kafka::consumer::FlowConsumer;
 use crate::kafka::dead_letter::DeadLetterProducer;
 use crate::kafka::{client_config, ensure_topics, FlowContext, FlowStatus};
 use crate::metrics::Metrics;
+use crate::pipeline::handle::FlowHandle;
 use crate::pipeline::intake::IntakeSettings;
 use crate::pipeline::FlowProcessor;
 use crate::postgis::Sink;
@@ -42,9 +43,14 @@ pub enum AppError {
         /// Error.
         source: std::io::Error,
     },
-    /// A processor failed to start.
-    #[error("{0}")]
-    Processor(#[from] crate::pipeline::ProcessorError),
+    /// A flow's topic cannot be subscribed (bad topic name, broker config).
+    #[error("cannot subscribe to {topic}: {source}")]
+    Subscribe {
+        /// Topic.
+        topic: String,
+        /// Kafka error.
+        source: rdkafka::error::KafkaError,
+    },
     /// A flow ended (panicked or returned) before shutdown was requested.
     #[error("a flow stopped unexpectedly (see the log)")]
     FlowStopped,
@@ -135,24 +141,12 @@ pub async fn run(
     for spec in &config.flows {
         let status = Arc::new(FlowStatus::default());
         statuses.push((spec.name.clone(), status.clone()));
-        let mut c = base.clone();
-        c.set("group.id", &spec.group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("statistics.interval.ms", args.kafka_stats_ms.to_string())
-            .set("topic.metadata.refresh.interval.ms", "10000")
-            // Bounded prefetch per flow (librdkafka's default is 64 MiB per consumer); a
-            // window never needs more than a few MiB, and -X can raise it.
-            .set("queued.max.messages.kbytes", "16384")
-            .set("client.id", format!("ngsiflow-{}", spec.name));
-        for (k, v) in &config.kafka_settings {
-            c.set(k, v);
-        }
-        // Offsets are committed by the processor, only after the window is durable: these two
-        // cannot be overridden by -X.
-        c.set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false");
+        let c = crate::kafka::consumer::consumer_config(
+            &base,
+            spec,
+            args.kafka_stats_ms,
+            &config.kafka_settings,
+        );
         let consumer: StreamConsumer<FlowContext> = c.create_with_context(FlowContext::new(
             &spec.name,
             metrics.clone(),
@@ -167,11 +161,10 @@ pub async fn run(
                 },
                 topic_prefix: args.topic_prefix.clone(),
             },
-            consumer: FlowConsumer::new(consumer, &spec.topic),
+            consumer: subscribed(consumer, &spec.topic)?,
             sink: Sink::new(config.pg.clone(), Duration::from_millis(args.db_timeout_ms)),
             dead_letters: dead_letters.clone(),
-            metrics: metrics.clone(),
-            status,
+            handle: FlowHandle::new(&spec.name, metrics.clone(), status),
             batch_size: args.batch_size as usize,
             linger: Duration::from_millis(args.linger_ms),
             max_backoff: Duration::from_millis(args.retry_max_backoff_ms),
@@ -203,15 +196,11 @@ pub async fn run(
     let mut first_error = None;
     while let Some(done) = flows.join_next().await {
         match done {
-            Ok(Ok(())) => {
+            Ok(()) => {
                 if !cancel.is_cancelled() {
                     tracing::error!("a flow stopped unexpectedly; stopping the worker");
                     first_error.get_or_insert(AppError::FlowStopped);
                 }
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "flow failed; stopping the worker");
-                first_error.get_or_insert(AppError::from(e));
             }
             Err(e) => {
                 tracing::error!(error = %e, "flow task panicked; stopping the worker");
@@ -226,6 +215,19 @@ pub async fn run(
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// The flow's consumer of `topic`, subscribed.
+fn subscribed(
+    consumer: StreamConsumer<FlowContext>,
+    topic: &str,
+) -> Result<FlowConsumer, AppError> {
+    let c = FlowConsumer::new(consumer, topic);
+    c.subscribe().map_err(|source| AppError::Subscribe {
+        topic: topic.to_string(),
+        source,
+    })?;
+    Ok(c)
 }
 
 /// SIGINT and SIGTERM listeners, registered as soon as they are created.

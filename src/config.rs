@@ -7,33 +7,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 use serde::Serialize;
 
 use crate::flow::{load_flows, FlowConfigError, FlowSpec};
 use crate::route::Datamodel;
-
-/// `ngsiflow` command line.
-#[derive(Debug, Parser)]
-#[command(
-    name = "ngsiflow",
-    version,
-    about = "FIWARE NGSIv2 notifications from Kafka into PostgreSQL/PostGIS"
-)]
-pub struct Cli {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// Subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the worker: one consumer per enabled flow, writing to PostGIS.
-    Run(RunArgs),
-    /// Send NGSIv2 notifications to the raw topics (from a file or built-in samples).
-    Produce(crate::produce::ProduceArgs),
-}
 
 /// Flags of `ngsiflow run`.
 #[derive(Debug, Clone, Args, Serialize)]
@@ -401,19 +379,5 @@ mod tests {
         assert!(parse_level("INFO").is_ok());
         assert!(parse_level("ngsiflow=debug").is_ok());
         assert!(parse_level("loud").is_err());
-    }
-
-    #[test]
-    fn flag_errors_exit_with_2() {
-        for args in [
-            vec!["ngsiflow", "run", "--batch-size", "0"],
-            vec!["ngsiflow", "run", "--default-datamodel", "dm-nope"],
-            vec!["ngsiflow", "run", "--admin-addr", "nowhere"],
-            vec!["ngsiflow", "run", "--log-level", "loud"],
-            vec!["ngsiflow", "run", "--pg-url", "postgres://db:notaport/x"],
-        ] {
-            let err = Cli::try_parse_from(&args).unwrap_err();
-            assert_eq!(err.exit_code(), 2, "{args:?}");
-        }
     }
 }

@@ -2,11 +2,18 @@
 //! processor per flow (`historic`, `lastdata`, `mutable`, `errors`).
 //!
 //! # Layout
-//! * pure core (no I/O): [`ngsi`] (notification model, values, geometry, date-times),
-//!   [`flow`] (flow specs and transform), [`route`] (datamodels → schema.table);
-//! * shell: [`kafka`] (consumer per flow, offsets, dead letter; the only rdkafka user),
-//!   [`postgis`] (sink; the only tokio-postgres user), [`metrics`], [`admin`] (HTTP server),
-//!   [`app`] (wiring and shutdown), [`config`], [`produce`] (CLI producer).
+//! Follow a message: decode → transform → route → window → write (bind) → dead letters → commit.
+//! * pure core (no I/O): [`ngsi`] (notification model, values, geometry, date-times), [`flow`]
+//!   (flow specs and transform), [`route`] (datamodels → schema.table), [`metrics`];
+//! * [`pipeline`]: the generic flow loop — `intake` (decode, transform, bad records to the
+//!   error log), `window` (the flush window as a value), `dead_letters`, `handle` (status and
+//!   metrics), `ports` (the seams: source, offset committer, window sink, dead-letter sink);
+//! * adapters: [`kafka`] (consumer edge converting records to the pipeline's own type, offsets,
+//!   dead-letter producer; the only rdkafka user), [`postgis`] (connection and TLS, table
+//!   metadata, binding, the writer, error log tables, readable statements; the only
+//!   tokio-postgres user);
+//! * shell: [`app`] (wiring and shutdown), [`admin`] (HTTP server), [`cli`], [`config`],
+//!   [`produce`] (CLI producer).
 //!
 //! # Delivery guarantee
 //! At least once, with idempotent replays. A flow's consumer accumulates a flush window (batch
@@ -21,6 +28,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod flow;
 pub mod kafka;

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use clap::Parser;
 use ngsiflow::app::{self, ReloadLog};
-use ngsiflow::config::{Cli, Command, Config};
+use ngsiflow::cli::{Cli, Command};
+use ngsiflow::config::Config;
 use tokio_util::sync::CancellationToken;
 
 // The hot path allocates many small, short-lived values (JSON trees, bound texts) across

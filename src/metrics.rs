@@ -1,7 +1,7 @@
 //! Every Prometheus metric of ngsiflow, declared once on one injected registry (no I/O).
 //!
-//! Names, types and labels are the contract of DESIGN §5 and the dashboards: the two seed names
-//! (`messages_processed_total`, `message_processing_time_seconds`), the reference's
+//! Names, types and labels are the dashboards' contract (README "Metrics and the admin server"):
+//! the two seed names (`messages_processed_total`, `message_processing_time_seconds`), Kafnus's
 //! `messages_processed_by_service_total`, and `ngsiflow_*` for the rest. Tenant label values are
 //! capped: past `max_tenants` distinct services, new ones are counted as `other`.
 
@@ -308,7 +308,7 @@ impl Metrics {
     }
 }
 
-/// Rounds to 6 decimals, as the reference's `/health` does.
+/// Rounds to 6 decimals, as Kafnus's `/health` does.
 pub fn round6(x: f64) -> f64 {
     (x * 1e6).round() / 1e6
 }

@@ -217,14 +217,7 @@ pub async fn run(args: ProduceArgs) -> Result<(), ProduceError> {
     if let Err(e) = ensure_topics(&base, &names, args.partitions).await {
         eprintln!("warning: could not create topics ({e}); assuming they exist");
     }
-    let mut c = base.clone();
-    c.set("acks", "all")
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "500000");
-    for (k, v) in &settings {
-        c.set(k, v);
-    }
-    let producer: FutureProducer = c.create()?;
+    let producer: FutureProducer = crate::kafka::load_producer_config(&base, &settings).create()?;
     let mut headers = OwnedHeaders::new()
         .insert(Header {
             key: "Fiware-Service",

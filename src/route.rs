@@ -1,6 +1,6 @@
 //! Datamodel routing: (service, servicepath, entity type, flow suffix, datamodel) → table (pure).
 //!
-//! Rules are the reference system's (Kafnus HeaderRouter, reference §3): names are sanitised,
+//! Rules are Kafnus's (its HeaderRouter SMT; README "Routing and columns"): names are sanitised,
 //! the `fiware-datamodel` header overrides the configured default, and the two servicepath
 //! datamodels reject the root service path. Unlike PostgreSQL, which silently truncates
 //! identifiers longer than 63 bytes (and so could merge two tables), such names are rejected.
@@ -11,7 +11,8 @@ use std::str::FromStr;
 /// PostgreSQL's identifier limit (NAMEDATALEN - 1), in bytes.
 pub const MAX_IDENTIFIER_BYTES: usize = 63;
 
-/// How notifications are mapped to schema and table (reference §3.2).
+/// How notifications are mapped to schema and table (Kafnus's datamodels; README "Routing and
+/// columns").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub enum Datamodel {
     /// `dm-by-entity-type-database`: schema = service, table = `<servicepath>_<entitytype>`.
@@ -165,7 +166,7 @@ pub fn route(
 }
 
 /// The tenant's error log: `<svc>.<svc>_error_log` with `<svc>` the sanitised service, whatever
-/// the datamodel (reference §3.4).
+/// the datamodel (as Kafnus does).
 ///
 /// # Errors
 /// [`RouteError::IdentifierTooLong`] when the names exceed 63 bytes.

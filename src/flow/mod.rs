@@ -2,7 +2,7 @@
 //!
 //! A flow names its input topic, consumer group, write mode, key columns, table suffix, what
 //! `entityDelete` does and whether `TimeInstant` is required. The shipped files reproduce the
-//! reference semantics (DESIGN §3): historic inserts, lastdata upserts on `entityid` guarded by
+//! Kafnus semantics (README, "Flows"): historic inserts, lastdata upserts on `entityid` guarded by
 //! freshness and deletes on `entityDelete`, mutable upserts on `(entityid, timeinstant)`.
 
 pub mod transform;
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "snake_case")]
 pub enum WriteMode {
     /// Plain insert; an identical replay is a no-op, a different row with the same key is a
-    /// duplicate-key error (DESIGN §4.5).
+    /// duplicate-key error (a crash replays the uncommitted tail; only a changed row is an error).
     Insert,
     /// `INSERT … ON CONFLICT (<key>) DO UPDATE` of the present columns.
     Upsert,
@@ -43,7 +43,7 @@ pub enum FlowKind {
     #[default]
     Ngsi,
     /// Kafka Connect dead-letter records (`__connect.errors.*` headers) written to the tenant's
-    /// error log (reference §6.3).
+    /// error log, the tenant taken from the source topic as Kafnus's errors agent does.
     ConnectErrors,
 }
 

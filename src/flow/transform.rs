@@ -283,7 +283,7 @@ pub struct ConnectError {
     pub query: Option<String>,
 }
 
-/// Reads a Kafka Connect dead-letter record (reference §6.3): the tenant is the
+/// Reads a Kafka Connect dead-letter record as Kafnus's errors agent does: the tenant is the
 /// `__connect.errors.topic` header minus the topic prefix, cut before `_historic`, `_lastdata`,
 /// `_mutable` or `_http`; without that header, the schema of the first `INSERT INTO "x"` in the
 /// message; else the record's `fiware-service` header; else `default`.

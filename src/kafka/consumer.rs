@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -11,6 +12,33 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::FlowContext;
 use crate::pipeline::inbound::Inbound;
+
+/// The consumer settings of a flow: its group, manual offset commits, the earliest offset for
+/// a new group, statistics every `stats_ms` (lag gauge), a bounded prefetch; then `settings`
+/// (security and `-X`), except that offsets stay manual whatever `-X` says.
+pub(crate) fn consumer_config(
+    base: &ClientConfig,
+    spec: &crate::flow::FlowSpec,
+    stats_ms: u64,
+    settings: &[(String, String)],
+) -> ClientConfig {
+    let mut c = base.clone();
+    c.set("group.id", &spec.group)
+        .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", stats_ms.to_string())
+        .set("topic.metadata.refresh.interval.ms", "10000")
+        // Bounded prefetch per flow (librdkafka's default is 64 MiB per consumer); a window
+        // never needs more than a few MiB, and -X can raise it.
+        .set("queued.max.messages.kbytes", "16384")
+        .set("client.id", format!("ngsiflow-{}", spec.name));
+    for (k, v) in settings {
+        c.set(k, v);
+    }
+    // Offsets are committed by the pipeline, only after the window is durable.
+    c.set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    c
+}
 
 /// One flow's consumer of one topic.
 pub(crate) struct FlowConsumer {
@@ -89,4 +117,24 @@ fn headers(m: &BorrowedMessage<'_>) -> Result<Vec<(String, Vec<u8>)>, String> {
             .unwrap_or_default()
     }))
     .map_err(|_| "record has a header whose name is not UTF-8".to_string())
+}
+
+impl crate::pipeline::ports::Source for FlowConsumer {
+    async fn recv(&self) -> Result<Inbound, String> {
+        FlowConsumer::recv(self).await.map_err(|e| e.to_string())
+    }
+
+    fn pause_all(&self) {
+        FlowConsumer::pause_all(self)
+    }
+
+    fn resume_all(&self) {
+        FlowConsumer::resume_all(self)
+    }
+}
+
+impl crate::pipeline::ports::OffsetCommitter for FlowConsumer {
+    fn commit(&self, offsets: &BTreeMap<i32, i64>) -> Result<(), String> {
+        FlowConsumer::commit(self, offsets).map_err(|e| e.to_string())
+    }
 }

@@ -162,3 +162,35 @@ impl DeadLetterProducer {
         let _ = self.producer.flush(Duration::from_secs(5));
     }
 }
+
+impl crate::pipeline::ports::DeadLetterSink for DeadLetterProducer {
+    async fn send_all(
+        &self,
+        letters: &[DeadLetter],
+        cancel: &CancellationToken,
+    ) -> Result<(), String> {
+        DeadLetterProducer::send_all(self, letters, cancel)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn flush(&self) {
+        DeadLetterProducer::flush(self)
+    }
+}
+
+impl<T: crate::pipeline::ports::DeadLetterSink> crate::pipeline::ports::DeadLetterSink
+    for std::sync::Arc<T>
+{
+    async fn send_all(
+        &self,
+        letters: &[DeadLetter],
+        cancel: &CancellationToken,
+    ) -> Result<(), String> {
+        T::send_all(self, letters, cancel).await
+    }
+
+    fn flush(&self) {
+        T::flush(self)
+    }
+}

@@ -94,6 +94,20 @@ pub fn client_config(brokers: &str, overrides: &[(String, String)]) -> ClientCon
     c
 }
 
+/// The settings of `ngsiflow produce`'s producer: every record acknowledged by all in-sync
+/// replicas, small batches lingering 5 ms, a deep local queue for fast load generation; then
+/// `settings` (security and `-X`).
+pub fn load_producer_config(base: &ClientConfig, settings: &[(String, String)]) -> ClientConfig {
+    let mut c = base.clone();
+    c.set("acks", "all")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "500000");
+    for (k, v) in settings {
+        c.set(k, v);
+    }
+    c
+}
+
 /// Live state of one flow, shared with the admin server.
 #[derive(Debug, Default)]
 pub struct FlowStatus {

@@ -1,7 +1,7 @@
 //! NGSI geo attribute values to EWKB with an SRID (pure).
 //!
-//! Types and coordinate order follow NGSIv2 ("Geospatial properties of entities") and the
-//! reference §5: the simple location formats carry `"lat, lon"` strings and become lon/lat
+//! Types and coordinate order follow NGSIv2 ("Geospatial properties of entities") as Orion and
+//! Kafnus read them: the simple location formats carry `"lat, lon"` strings and become lon/lat
 //! geometries; `geo:json` carries GeoJSON (RFC 7946, lon/lat) whose `Feature` is unwrapped to its
 //! geometry and whose `FeatureCollection` becomes its one geometry or a `GEOMETRYCOLLECTION`.
 //! Encoding goes through geozero (WKT or GeoJSON → EWKB), so PostGIS gets a geometry carrying

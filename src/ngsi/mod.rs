@@ -1,6 +1,6 @@
 //! NGSIv2 notification model and decoding from Kafka record bytes (pure, no I/O).
 //!
-//! Input contract (DESIGN §3, reference §1): the value is an Orion NGSIv2 notification
+//! Input contract (Orion's Kafka notifications, as Kafnus reads them): the value is an Orion NGSIv2 notification
 //! `{"subscriptionId", "data": [entity…]}` in normalized attribute format; the routing headers
 //! `Fiware-Service`, `Fiware-Servicepath`, `fiware-datamodel` and `Fiware-Correlator` are matched
 //! case-insensitively. Legacy envelopes (`payload` holding the notification as a JSON string or
@@ -33,7 +33,8 @@ pub enum DecodeError {
     MissingData,
 }
 
-/// Routing headers of one record, already normalised as Kafnus does (reference §1.2).
+/// Routing headers of one record, already normalised as Kafnus does: service lower-cased
+/// (`default` when absent), servicepath lower-cased with a leading `/` (`/` when absent).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NgsiHeaders {
     /// Tenant, lower-cased; `default` when missing or empty.
@@ -101,7 +102,7 @@ impl NgsiHeaders {
 }
 
 /// One NGSI attribute as notified in normalized format: `{"type": T, "value": V, "metadata": {}}`.
-/// Metadata is ignored by the PostGIS flows (reference §4.1).
+/// Metadata is ignored by the PostGIS flows (Kafnus writes no metadata column).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attribute {
     /// Attribute name exactly as notified (column names are its lower-cased form).
@@ -160,7 +161,7 @@ pub struct Notification {
 /// Decodes a Kafka record value plus its headers into a [`Notification`].
 ///
 /// When the record has none of the routing headers, a legacy body field `headers` or top-level
-/// `fiware-service`/`fiware-servicepath` keys are used instead (reference §1.2).
+/// `fiware-service`/`fiware-servicepath` keys are used instead (Kafnus's rule for legacy envelopes).
 ///
 /// # Errors
 /// [`DecodeError`] when the value is missing, not JSON, or holds no `data` array.

@@ -1,7 +1,7 @@
 //! ISO 8601 date-time parsing for NGSI `DateTime`/`ISO8601` values and `TimeInstant` (pure).
 //!
-//! Accepts every form the reference test suite sends (`001_ngsi_types/003_date_time`, reference
-//! §4.4): a date alone, `T` or space separated times with minutes, seconds and any number of
+//! Accepts every form Kafnus's end-to-end tests send (`001_ngsi_types/003_date_time`): a date
+//! alone, `T` or space separated times with minutes, seconds and any number of
 //! fraction digits (kept to the microsecond, PostgreSQL's precision), and offsets `Z`, `±hh`,
 //! `±hh:mm`, `±hhmm`. A value without an offset is read as UTC, as Orion and Kafnus do.
 

@@ -6,61 +6,46 @@
 //! copy was acknowledged, so a crash re-reads at most the uncommitted window (see the crate doc).
 
 pub(crate) mod dead_letters;
+pub(crate) mod handle;
 pub(crate) mod inbound;
 pub(crate) mod intake;
+pub(crate) mod ports;
 pub(crate) mod window;
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use crate::kafka::consumer::FlowConsumer;
-use crate::kafka::dead_letter::DeadLetterProducer;
-use crate::kafka::FlowStatus;
-use crate::metrics::Metrics;
-use crate::postgis::{Sink, WindowOutcome};
+use crate::postgis::error::ErrorClass;
+use crate::postgis::WindowOutcome;
+use handle::{FlowHandle, Outcome};
 use inbound::Inbound;
 use intake::{intake, IntakeSettings};
+use ports::{DeadLetterSink, OffsetCommitter, Source, WindowSink};
 use window::FlushWindow;
 
-/// Everything one flow's loop needs.
-pub struct FlowProcessor {
+/// Everything one flow's loop needs: its input `C` (records and offsets), its sink `S` and its
+/// dead-letter producer `D` (the Kafka and PostGIS adapters in the worker, fakes in tests).
+pub(crate) struct FlowProcessor<C, S, D> {
     /// Flow, transform settings and topic prefix.
     pub(crate) settings: IntakeSettings,
-    /// The flow's consumer (subscribed by [`FlowProcessor::run`]).
-    pub(crate) consumer: FlowConsumer,
+    /// The flow's consumer, already subscribed.
+    pub(crate) consumer: C,
     /// Its sink (one connection, owned by this flow).
-    pub(crate) sink: Sink,
-    /// Shared dead-letter producer.
-    pub(crate) dead_letters: Arc<DeadLetterProducer>,
-    /// Metrics.
-    pub(crate) metrics: Arc<Metrics>,
-    /// Live state for `/health` and `/ready`.
-    pub(crate) status: Arc<FlowStatus>,
+    pub(crate) sink: S,
+    /// The dead-letter producer (shared by the flows).
+    pub(crate) dead_letters: D,
+    /// Live state for `/health` and `/ready`, and metrics.
+    pub(crate) handle: FlowHandle,
     /// Records (or messages) per flush window.
     pub(crate) batch_size: usize,
     /// Longest wait before a non-full window is flushed.
     pub(crate) linger: Duration,
     /// Longest pause between database retries.
     pub(crate) max_backoff: Duration,
-}
-
-/// Why a processor stopped early.
-#[derive(Debug, thiserror::Error)]
-pub enum ProcessorError {
-    /// Subscribing failed (bad topic name, broker config).
-    #[error("cannot subscribe to {topic}: {source}")]
-    Subscribe {
-        /// Topic.
-        topic: String,
-        /// Kafka error.
-        source: rdkafka::error::KafkaError,
-    },
 }
 
 /// How a write attempt loop ended.
@@ -75,38 +60,30 @@ enum Retry {
 
 /// Clears `running` however the processor ends (return, error or panic), so `/ready` and
 /// `/health` never report a dead flow as alive.
-struct RunningGuard(Arc<FlowStatus>);
+struct RunningGuard(FlowHandle);
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
-        self.0.running.store(false, Ordering::Relaxed);
+        self.0.set_running(false);
     }
 }
 
-impl FlowProcessor {
+impl<C, S, D> FlowProcessor<C, S, D>
+where
+    C: Source + OffsetCommitter,
+    S: WindowSink,
+    D: DeadLetterSink,
+{
     fn flow(&self) -> &str {
-        &self.settings.spec.name
+        self.handle.flow()
     }
 
     /// Runs until `cancel` fires: then stops fetching, flushes the in-flight window (bounded by
     /// `shutdown_grace`), commits synchronously and returns.
-    ///
-    /// # Errors
-    /// [`ProcessorError::Subscribe`] when the topic cannot be subscribed.
-    pub async fn run(
-        mut self,
-        cancel: CancellationToken,
-        shutdown_grace: Duration,
-    ) -> Result<(), ProcessorError> {
+    pub(crate) async fn run(mut self, cancel: CancellationToken, shutdown_grace: Duration) {
         let spec = &self.settings.spec;
-        self.consumer
-            .subscribe()
-            .map_err(|source| ProcessorError::Subscribe {
-                topic: spec.topic.clone(),
-                source,
-            })?;
-        self.status.running.store(true, Ordering::Relaxed);
-        let _running = RunningGuard(self.status.clone());
+        self.handle.set_running(true);
+        let _running = RunningGuard(self.handle.clone());
         tracing::info!(flow = %spec.name, topic = %spec.topic, group = %spec.group, "flow started");
         let mut window = FlushWindow::default();
         let mut held: VecDeque<Inbound> = VecDeque::new();
@@ -149,7 +126,6 @@ impl FlowProcessor {
             }
         }
         self.shutdown(&mut window, shutdown_grace).await;
-        Ok(())
     }
 
     /// Shutdown: the in-flight window is written and committed if the database allows it within
@@ -212,25 +188,15 @@ impl FlowProcessor {
     /// for the `errors` flow a record whose error-log row could not be written too.
     fn settle(&self, window: &mut FlushWindow, outcome: WindowOutcome) {
         let flow = self.flow();
-        self.metrics
-            .db_batch_rows
-            .with_label_values(&[flow])
-            .observe(window.items().len() as f64);
         for f in &outcome.failures {
             tracing::debug!(flow, error = %f.error, query = %f.query, "record failed");
             window.fail_item(f.item, f.error.clone());
         }
         let from_db = outcome.failures.iter().filter(|f| f.from_database).count() as u64;
-        self.metrics
-            .db_errors
-            .with_label_values(&[flow, "permanent"])
-            .inc_by(from_db);
+        self.handle.db_errors(ErrorClass::Permanent, from_db);
         for f in &outcome.error_log_failures {
             tracing::error!(flow, table = %f.table, error = %f.error, rows = f.rows, "cannot write error log; dead-letter copies only");
-            self.metrics
-                .error_log_failures
-                .with_label_values(&[flow])
-                .inc_by(f.rows);
+            self.handle.error_log_failures(f.rows);
             window.fail_error_rows_of(&f.table, &f.error);
         }
         window.set_written(outcome);
@@ -246,10 +212,7 @@ impl FlowProcessor {
             tracing::warn!(flow, error = %e, "stopping before dead letters were acknowledged; window not committed");
             return false;
         }
-        self.metrics
-            .dead_letter
-            .with_label_values(&[flow])
-            .inc_by(letters.len() as u64);
+        self.handle.dead_letters(letters.len() as u64);
         for f in window.failures() {
             let m = window.message(f.message);
             tracing::warn!(flow, service = %m.service, correlator = m.correlator.as_deref().unwrap_or(""), partition = m.record.partition, offset = m.record.offset, error = %f.error, "record sent to error log and dead letter");
@@ -284,23 +247,13 @@ impl FlowProcessor {
             statements = outcome.statements,
             "window committed"
         );
-        let m = &self.metrics;
-        m.records(flow, "written", written);
-        m.records(flow, "stale_ignored", outcome.stale_ignored);
-        m.records(flow, "deleted", outcome.deleted);
-        m.records(flow, "duplicate_replayed", outcome.duplicate_replayed);
-        m.records(flow, "error_logged", error_logged);
-        m.messages_done(
-            flow,
-            window.messages().iter().map(|h| {
-                (
-                    h.service.as_str(),
-                    !h.failed,
-                    h.received.elapsed().as_secs_f64(),
-                )
-            }),
-            Utc::now(),
-        );
+        let h = &self.handle;
+        h.records(Outcome::Written, written);
+        h.records(Outcome::StaleIgnored, outcome.stale_ignored);
+        h.records(Outcome::Deleted, outcome.deleted);
+        h.records(Outcome::DuplicateReplayed, outcome.duplicate_replayed);
+        h.records(Outcome::ErrorLogged, error_logged);
+        h.messages_done(window);
     }
 
     /// Writes the window, retrying transient failures with capped backoff while the flow's
@@ -331,18 +284,13 @@ impl FlowProcessor {
             let e = match written {
                 Ok(o) => {
                     // Only the successful attempt is timed: backoff is not database latency.
-                    self.metrics
-                        .db_write_duration
-                        .with_label_values(&[flow])
-                        .observe(attempt.elapsed().as_secs_f64());
+                    self.handle
+                        .window_written(attempt.elapsed(), window.items().len());
                     break Retry::Written(o);
                 }
                 Err(e) => e,
             };
-            self.metrics
-                .db_errors
-                .with_label_values(&[flow, "transient"])
-                .inc();
+            self.handle.db_errors(ErrorClass::Transient, 1);
             if !paused {
                 paused = true;
                 self.set_paused(true);
@@ -369,11 +317,7 @@ impl FlowProcessor {
         } else {
             self.consumer.resume_all();
         }
-        self.status.paused.store(paused, Ordering::Relaxed);
-        self.metrics
-            .flow_paused
-            .with_label_values(&[self.flow()])
-            .set(i64::from(paused));
+        self.handle.set_paused(paused);
     }
 
     /// Waits `delay` while serving the consumer (rebalances, prefetched messages, which are
@@ -398,7 +342,7 @@ impl FlowProcessor {
                         // stays bounded by the prefetch.
                         self.consumer.pause_all();
                     }
-                    if self.status.revoked.lock().is_ok_and(|r| !r.is_empty()) {
+                    if self.handle.status().revoked.lock().is_ok_and(|r| !r.is_empty()) {
                         return Some(Retry::Revoked);
                     }
                 }
@@ -410,7 +354,7 @@ impl FlowProcessor {
     /// new owner re-reads them from the committed offset, and writing them here too could
     /// apply an older record after a newer one. The rest of the window stays as decoded.
     fn drop_revoked(&self, window: &mut FlushWindow, held: &mut VecDeque<Inbound>) {
-        let revoked: Vec<i32> = match self.status.revoked.lock() {
+        let revoked: Vec<i32> = match self.handle.status().revoked.lock() {
             Ok(mut r) if !r.is_empty() => std::mem::take(&mut *r),
             _ => return,
         };
@@ -421,3 +365,6 @@ impl FlowProcessor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,7 +3,7 @@
 /// What to do about a database error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
-    /// Retry later with backoff; never logged as bad data (DESIGN §4.3).
+    /// Retry later with backoff; never logged as bad data (nothing is lost on database trouble).
     Transient,
     /// The row itself is bad: error log and dead letter.
     Permanent,
@@ -47,7 +47,7 @@ pub fn classify(e: &tokio_postgres::Error) -> ErrorClass {
 }
 
 /// The error text written to the error log: `ERROR: <message>` plus ` - Detail: <detail>` when
-/// PostgreSQL gave one (the reference's format, §6.2), or the client error's text.
+/// PostgreSQL gave one (Kafnus's format), or the client error's text.
 pub fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
@@ -81,6 +81,23 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 pub fn is_stale_metadata(e: &tokio_postgres::Error) -> bool {
     e.as_db_error()
         .is_some_and(|db| matches!(db.code().code(), "42P01" | "42703" | "42804" | "26000"))
+}
+
+/// 26000 (invalid SQL statement name): the server no longer has a prepared statement (e.g.
+/// after `DISCARD ALL`); the statement cache must be dropped.
+pub fn is_lost_prepared_statement(e: &tokio_postgres::Error) -> bool {
+    sqlstate(e).is_some_and(|c| c == "26000")
+}
+
+/// An error-log write that a second attempt, creating the table again, can fix: 23505 (two
+/// flows created the same schema at once: the catalog's unique index), 42P01 or 3F000 (the
+/// table or schema was dropped since it was created).
+pub fn is_error_log_recreatable(e: &tokio_postgres::Error) -> bool {
+    sqlstate(e).is_some_and(|c| matches!(c, "23505" | "42P01" | "3F000"))
+}
+
+fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {
+    e.as_db_error().map(|d| d.code().code())
 }
 
 #[cfg(test)]

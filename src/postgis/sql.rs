@@ -65,8 +65,8 @@ fn column_list(cols: &[Col<'_>]) -> String {
 ///   for being an identical replay);
 /// * `Upsert`: `… ON CONFLICT (<keys>) DO UPDATE SET <non-key columns> = EXCLUDED.<col>`;
 /// * `UpsertIfNewer`: the same plus `WHERE EXCLUDED.timeinstant >= cur.timeinstant OR
-///   cur.timeinstant IS NULL` when the rows carry `timeinstant` (reference §2.2, with the
-///   stored-NULL case fixed per DESIGN §3).
+///   cur.timeinstant IS NULL` when the rows carry `timeinstant` (Kafnus's `update.if.newer`
+///   rule, plus the stored-NULL case, which Kafnus never updates again).
 ///
 /// `strict` builds a plain `INSERT` without conflict handling, used to obtain PostgreSQL's own
 /// duplicate-key error for a row that is not an identical replay.
@@ -159,7 +159,8 @@ pub fn delete_statement(table: &TableRef) -> String {
     )
 }
 
-/// Creates the tenant's schema and error log table when missing (DESIGN §3).
+/// Creates the tenant's schema and error log table when missing (`timestamp`, `error`,
+/// `query`: the columns Kafnus's error log has).
 pub fn create_error_log(table: &TableRef) -> String {
     format!(
         "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {} (\"timestamp\" timestamptz NOT NULL, error text NOT NULL, query text)",

@@ -157,16 +157,19 @@ impl PgConnect {
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?;
-        let verify = match (self.sslmode, &self.sslrootcert) {
-            (SslMode::VerifyFull, Some(root)) => Verify::Full(root),
-            (SslMode::VerifyCa | SslMode::Require, Some(root)) => Verify::Chain(root),
-            _ => Verify::Nothing,
+        // libpq: `require` with a root certificate behaves as `verify-ca`.
+        let (root, check_name) = match (self.sslmode, &self.sslrootcert) {
+            (SslMode::VerifyFull, Some(root)) => (Some(root), true),
+            (SslMode::VerifyCa | SslMode::Require, Some(root)) => (Some(root), false),
+            _ => (None, false),
         };
-        let verifier: Arc<dyn ServerCertVerifier> = match verify {
-            Verify::Nothing => Arc::new(NoVerification(provider)),
-            Verify::Full(root) => webpki_verifier(root, provider)?,
-            Verify::Chain(root) => Arc::new(ChainOnly(webpki_verifier(root, provider)?)),
-        };
+        let verifier = Arc::new(ServerCheck {
+            webpki: root
+                .map(|r| webpki_verifier(r, provider.clone()))
+                .transpose()?,
+            check_name,
+            provider,
+        });
         let builder = builder
             .dangerous()
             .with_custom_certificate_verifier(verifier);
@@ -218,12 +221,6 @@ impl PgEndpoint {
     }
 }
 
-enum Verify<'a> {
-    Nothing,
-    Chain(&'a PathBuf),
-    Full(&'a PathBuf),
-}
-
 /// Splits the libpq TLS parameters off a connection string: returns the string without them
 /// and the `(key, value)` pairs taken out.
 fn split_tls_params(conn: &str) -> Result<(String, Vec<(String, String)>), String> {
@@ -249,7 +246,16 @@ fn split_tls_params(conn: &str) -> Result<(String, Vec<(String, String)>), Strin
         };
         return Ok((rest, tls));
     }
-    // key=value form: values may be single-quoted with \' and \\ escapes (libpq's rules).
+    split_keyword_tls_params(conn, &is_tls)
+}
+
+/// The `key=value` form: values may be single-quoted with `\'` and `\\` escapes (libpq's
+/// rules); the TLS pairs are taken out, the rest is returned as written.
+fn split_keyword_tls_params(
+    conn: &str,
+    is_tls: &dyn Fn(&str) -> bool,
+) -> Result<(String, Vec<(String, String)>), String> {
+    let mut tls = Vec::new();
     let mut kept = Vec::new();
     let mut chars = conn.chars().peekable();
     loop {
@@ -349,11 +355,19 @@ fn webpki_verifier(
         .map_err(|e| format!("sslrootcert {}: {e}", root.display()))
 }
 
-/// `verify-ca`: the chain must be valid; the name in the certificate is not checked.
+/// The server-certificate check for one `sslmode`. The handshake signatures are always
+/// checked, so even without certificate checks the session keys belong to whoever holds the
+/// certificate's key.
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct ServerCheck {
+    /// `None`: no certificate check (`prefer`, `require` without a root certificate).
+    webpki: Option<Arc<WebPkiServerVerifier>>,
+    /// Whether the certificate must name the host (`verify-full`).
+    check_name: bool,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for ServerCheck {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -362,13 +376,13 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let Some(webpki) = &self.webpki else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
             other => other,
         }
     }
@@ -379,7 +393,8 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -388,62 +403,14 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// `prefer`/`require`: encryption without authentication of the server, as libpq does. The
-/// handshake signatures are still checked, so the session keys belong to whoever holds the
-/// certificate's key.
-#[derive(Debug)]
-struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

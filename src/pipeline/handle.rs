@@ -1,0 +1,142 @@
+//! One flow's view of its live state and metrics (no I/O): every change the loop makes to
+//! `/health` state goes through here together with the matching gauge or counter, and record
+//! outcomes are a typed enum rather than label strings.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::kafka::FlowStatus;
+use crate::metrics::Metrics;
+use crate::postgis::error::ErrorClass;
+
+use super::window::FlushWindow;
+
+/// What became of a record (label `outcome` of `ngsiflow_records_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Inserted or updated (or, in the `errors` flow, written to the error log as intended).
+    Written,
+    /// lastdata: older than the stored row, not applied.
+    StaleIgnored,
+    /// lastdata: `entityDelete` applied.
+    Deleted,
+    /// historic: identical to a stored row (a replay), not written again.
+    DuplicateReplayed,
+    /// Bad: an error-log row and a dead-letter copy.
+    ErrorLogged,
+}
+
+impl Outcome {
+    /// The label value.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Written => "written",
+            Self::StaleIgnored => "stale_ignored",
+            Self::Deleted => "deleted",
+            Self::DuplicateReplayed => "duplicate_replayed",
+            Self::ErrorLogged => "error_logged",
+        }
+    }
+}
+
+/// A flow's status and metrics, updated together.
+#[derive(Clone)]
+pub(crate) struct FlowHandle {
+    flow: String,
+    metrics: Arc<Metrics>,
+    status: Arc<FlowStatus>,
+}
+
+impl FlowHandle {
+    /// The handle of `flow`.
+    pub(crate) fn new(flow: &str, metrics: Arc<Metrics>, status: Arc<FlowStatus>) -> Self {
+        Self {
+            flow: flow.to_string(),
+            metrics,
+            status,
+        }
+    }
+
+    /// The flow's name.
+    pub(crate) fn flow(&self) -> &str {
+        &self.flow
+    }
+
+    /// The shared live state (revocations are read from it).
+    pub(crate) fn status(&self) -> &Arc<FlowStatus> {
+        &self.status
+    }
+
+    /// The loop runs (`true`) or ended (`false`): `/ready` and `/health`.
+    pub(crate) fn set_running(&self, running: bool) {
+        self.status.running.store(running, Ordering::Relaxed);
+    }
+
+    /// Waiting for the database (`true`) or not: `/health`, `/ready` and `ngsiflow_flow_paused`.
+    pub(crate) fn set_paused(&self, paused: bool) {
+        self.status.paused.store(paused, Ordering::Relaxed);
+        self.metrics
+            .flow_paused
+            .with_label_values(&[&self.flow])
+            .set(i64::from(paused));
+    }
+
+    /// `n` records ended as `outcome`.
+    pub(crate) fn records(&self, outcome: Outcome, n: u64) {
+        self.metrics.records(&self.flow, outcome.label(), n);
+    }
+
+    /// A database error of `class` (`n` of them).
+    pub(crate) fn db_errors(&self, class: ErrorClass, n: u64) {
+        self.metrics
+            .db_errors
+            .with_label_values(&[&self.flow, class.as_str()])
+            .inc_by(n);
+    }
+
+    /// A window's transaction committed after `took`, holding `rows` row operations.
+    pub(crate) fn window_written(&self, took: Duration, rows: usize) {
+        self.metrics
+            .db_write_duration
+            .with_label_values(&[&self.flow])
+            .observe(took.as_secs_f64());
+        self.metrics
+            .db_batch_rows
+            .with_label_values(&[&self.flow])
+            .observe(rows as f64);
+    }
+
+    /// `rows` error-log rows could not be written.
+    pub(crate) fn error_log_failures(&self, rows: u64) {
+        self.metrics
+            .error_log_failures
+            .with_label_values(&[&self.flow])
+            .inc_by(rows);
+    }
+
+    /// `n` dead-letter copies were acknowledged.
+    pub(crate) fn dead_letters(&self, n: u64) {
+        self.metrics
+            .dead_letter
+            .with_label_values(&[&self.flow])
+            .inc_by(n);
+    }
+
+    /// The window's messages are done: per-tenant results, processing durations, `/health`.
+    pub(crate) fn messages_done(&self, window: &FlushWindow) {
+        self.metrics.messages_done(
+            &self.flow,
+            window.messages().iter().map(|h| {
+                (
+                    h.service.as_str(),
+                    !h.failed,
+                    h.received.elapsed().as_secs_f64(),
+                )
+            }),
+            Utc::now(),
+        );
+    }
+}

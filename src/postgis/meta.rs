@@ -1,0 +1,88 @@
+//! Table metadata (does I/O: reads the catalog): each table's columns and their types, cached
+//! per connection for [`METADATA_TTL`] and re-read at once when a write suggests the table
+//! changed (an unknown column, a value that does not bind, a stale-metadata SQLSTATE).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Transaction;
+
+use crate::route::TableRef;
+
+use super::bind::ColumnKind;
+use super::{sql, transient, TransientError};
+
+/// How long a table's cached column types are trusted before they are read again.
+const METADATA_TTL: Duration = Duration::from_secs(60);
+/// Tables cached before the cache is reset (bounds memory with many tenants).
+const MAX_CACHED_TABLES: usize = 10_000;
+
+/// One column of a table as the catalog describes it.
+#[derive(Debug, Clone)]
+pub struct ColumnInfo {
+    /// Type family used to choose the bound text.
+    pub kind: ColumnKind,
+    /// Type as printed by `format_type` (the cast target).
+    pub sql_type: String,
+    /// The type without its modifier, which values are cast to (see [`sql::TABLE_COLUMNS`]).
+    pub cast_type: String,
+}
+
+/// Columns of one table by name.
+pub type TableMeta = HashMap<String, ColumnInfo>;
+
+/// Cached table metadata of one connection.
+#[derive(Debug, Default)]
+pub(crate) struct MetaCache {
+    tables: HashMap<TableRef, (Instant, Arc<TableMeta>)>,
+}
+
+impl MetaCache {
+    /// The columns of `table`, from the cache unless `refresh` or expired; `None` when the
+    /// table does not exist.
+    ///
+    /// # Errors
+    /// [`TransientError`] when the catalog cannot be read.
+    pub(crate) async fn get(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        table: &TableRef,
+        refresh: bool,
+    ) -> Result<Option<Arc<TableMeta>>, TransientError> {
+        if !refresh {
+            if let Some((at, m)) = self.tables.get(table) {
+                if at.elapsed() < METADATA_TTL {
+                    return Ok(Some(m.clone()));
+                }
+            }
+        }
+        let rows = tx
+            .query(sql::TABLE_COLUMNS, &[&table.schema, &table.table])
+            .await
+            .map_err(transient)?;
+        if rows.is_empty() {
+            self.tables.remove(table);
+            return Ok(None);
+        }
+        let m: TableMeta = rows
+            .iter()
+            .map(|r| {
+                let typname: String = r.get(2);
+                let info = ColumnInfo {
+                    kind: ColumnKind::from_typname(&typname),
+                    sql_type: r.get(1),
+                    cast_type: r.get(3),
+                };
+                (r.get::<_, String>(0), info)
+            })
+            .collect();
+        let m = Arc::new(m);
+        if self.tables.len() > MAX_CACHED_TABLES {
+            self.tables.clear();
+        }
+        self.tables
+            .insert(table.clone(), (Instant::now(), m.clone()));
+        Ok(Some(m))
+    }
+}

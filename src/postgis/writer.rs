@@ -1,0 +1,493 @@
+//! Writes the groups of a window inside its transaction (does I/O): one statement per group over
+//! unnested `text[]` parameters, each in a savepoint. A group PostgreSQL rejects for a permanent
+//! reason is replayed row by row so that good rows commit and each bad row is reported; a
+//! transient error aborts the window (the caller retries it whole).
+//!
+//! A group is tried in at most two passes: with the cached table metadata, then — only when the
+//! first pass suggests the table changed (an unknown column, a value that does not bind, a
+//! stale-metadata SQLSTATE) — with metadata read again. Nothing recurses.
+
+use std::collections::HashMap;
+
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Statement, Transaction};
+
+use crate::flow::transform::{OpKind, RowOp};
+use crate::flow::{FlowSpec, WriteMode};
+use crate::ngsi::value::CellValue;
+
+use super::bind::{bind_text, BindError};
+use super::error::{classify, describe, is_lost_prepared_statement, is_stale_metadata, ErrorClass};
+use super::meta::{MetaCache, TableMeta};
+use super::plan::Group;
+use super::readable::{typed_query, untyped_query};
+use super::sql::{self, Col};
+use super::{transient, ItemFailure, TransientError, WindowOutcome, WriteItem};
+
+/// Prepared statements kept per connection before the cache is reset.
+const MAX_CACHED_STATEMENTS: usize = 512;
+
+/// Writes groups of one window; counts what happened in `out`.
+pub(crate) struct Writer<'a> {
+    pub(crate) meta: &'a mut MetaCache,
+    pub(crate) statements: &'a mut HashMap<String, Statement>,
+    pub(crate) spec: &'a FlowSpec,
+    pub(crate) out: &'a mut WindowOutcome,
+}
+
+/// Outcome of one statement inside a savepoint.
+enum Exec {
+    Rows(u64),
+    Failed(tokio_postgres::Error),
+}
+
+enum RowsResult {
+    /// Every row settled (written, stale, replayed or deleted).
+    Done,
+    /// The statement failed as a whole; nothing of it was applied.
+    Failed(tokio_postgres::Error),
+    /// Some rows (indices into the rows given) failed; the others were applied.
+    RowFailures(Vec<(usize, tokio_postgres::Error)>),
+}
+
+/// The result of one pass over a group.
+enum Pass {
+    /// The group is settled; these items failed.
+    Settled(Vec<ItemFailure>),
+    /// The cached metadata looks stale: try again with metadata read afresh.
+    Stale,
+}
+
+impl Writer<'_> {
+    /// Writes one group; returns the items that failed permanently.
+    ///
+    /// # Errors
+    /// [`TransientError`]: the window must be retried.
+    pub(crate) async fn write_group(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        items: &[WriteItem],
+        group: &Group,
+    ) -> Result<Vec<ItemFailure>, TransientError> {
+        match self.pass(tx, items, group, false).await? {
+            Pass::Settled(failures) => Ok(failures),
+            Pass::Stale => match self.pass(tx, items, group, true).await? {
+                Pass::Settled(failures) => Ok(failures),
+                Pass::Stale => unreachable!("a pass on fresh metadata settles the group"),
+            },
+        }
+    }
+
+    /// One pass: metadata (read afresh when `fresh`), bind, write. Only a pass on cached
+    /// metadata can answer [`Pass::Stale`]; on fresh metadata every problem is the rows' own.
+    async fn pass(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        items: &[WriteItem],
+        group: &Group,
+        fresh: bool,
+    ) -> Result<Pass, TransientError> {
+        let Some(meta) = self.meta.get(tx, &group.target, fresh).await? else {
+            let e = format!("table {} does not exist", group.target.quoted());
+            return Ok(Pass::Settled(fail_all(items, group, &e)));
+        };
+        let missing: Vec<String> = group
+            .columns
+            .iter()
+            .filter(|c| !meta.contains_key(c.as_str()))
+            .map(|c| format!("\"{c}\""))
+            .collect();
+        if !missing.is_empty() {
+            if !fresh {
+                return Ok(Pass::Stale);
+            }
+            let e = format!(
+                "table {} has no column {}",
+                group.target.quoted(),
+                missing.join(", ")
+            );
+            return Ok(Pass::Settled(fail_all(items, group, &e)));
+        }
+        let cols = columns(group, &meta);
+        let mut failures = Vec::new();
+        let mut rows = Rows::with_capacity(cols.len(), group.items.len());
+        for &i in &group.items {
+            match bind_row(&items[i].op, &group.columns, &meta) {
+                Ok(row) => rows.push(i, row),
+                // The value may fit the column's current type if the table was altered since
+                // its metadata was cached: read it again before blaming the row.
+                Err(_) if !fresh => return Ok(Pass::Stale),
+                Err(e) => failures.push(ItemFailure {
+                    item: i,
+                    error: format!("ERROR: {e}"),
+                    query: untyped_query(&items[i].op),
+                    from_database: false,
+                }),
+            }
+        }
+        if rows.len() == 0 {
+            return Ok(Pass::Settled(failures));
+        }
+        match self.run_rows(tx, group, &cols, &rows).await? {
+            RowsResult::Done => {}
+            RowsResult::RowFailures(f) => {
+                failures.extend(f.iter().map(|(k, e)| failure(group, &cols, &rows, *k, e)));
+            }
+            RowsResult::Failed(e) if is_stale_metadata(&e) && !fresh => return Ok(Pass::Stale),
+            RowsResult::Failed(_) if rows.len() > 1 => {
+                failures.extend(self.row_by_row(tx, group, &cols, &rows).await?);
+            }
+            RowsResult::Failed(e) => failures.push(failure(group, &cols, &rows, 0, &e)),
+        }
+        Ok(Pass::Settled(failures))
+    }
+
+    /// Replays a failed group row by row, each in its own savepoint: good rows commit, bad rows
+    /// are reported one by one.
+    async fn row_by_row(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        group: &Group,
+        cols: &[Col<'_>],
+        rows: &Rows,
+    ) -> Result<Vec<ItemFailure>, TransientError> {
+        let mut failures = Vec::new();
+        for k in 0..rows.len() {
+            match self.run_rows(tx, group, cols, &rows.single(k)).await? {
+                RowsResult::Done => {}
+                RowsResult::Failed(e) => failures.push(failure(group, cols, rows, k, &e)),
+                RowsResult::RowFailures(f) => {
+                    failures.extend(f.iter().map(|(_, e)| failure(group, cols, rows, k, e)));
+                }
+            }
+        }
+        Ok(failures)
+    }
+
+    async fn prepare(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        sql: &str,
+        params: usize,
+    ) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let types = vec![Type::TEXT_ARRAY; params];
+        let stmt = tx.prepare_typed(sql, &types).await?;
+        if self.statements.len() >= MAX_CACHED_STATEMENTS {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_string(), stmt.clone());
+        Ok(stmt)
+    }
+
+    /// Runs a statement over column arrays inside a savepoint; a permanent failure rolls back
+    /// to the savepoint and is returned, a transient one aborts the window.
+    async fn exec(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        sql: &str,
+        arrays: &[Vec<Option<String>>],
+    ) -> Result<Exec, TransientError> {
+        let mut sp = tx.transaction().await.map_err(transient)?;
+        let result = match self.prepare(&mut sp, sql, arrays.len()).await {
+            Ok(stmt) => {
+                let params: Vec<&(dyn ToSql + Sync)> =
+                    arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+                sp.query(&stmt, &params).await.map(|rows| rows.len() as u64)
+            }
+            Err(e) => Err(e),
+        };
+        self.out.statements += 1;
+        match result {
+            Ok(n) => {
+                sp.commit().await.map_err(transient)?;
+                Ok(Exec::Rows(n))
+            }
+            Err(e) if classify(&e) == ErrorClass::Transient => Err(transient(e)),
+            Err(e) => {
+                sp.rollback().await.map_err(transient)?;
+                if is_lost_prepared_statement(&e) {
+                    self.statements.clear();
+                }
+                Ok(Exec::Failed(e))
+            }
+        }
+    }
+
+    /// Writes some rows of a group with one statement and counts outcomes.
+    async fn run_rows(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        group: &Group,
+        cols: &[Col<'_>],
+        rows: &Rows,
+    ) -> Result<RowsResult, TransientError> {
+        if group.kind == OpKind::Delete {
+            return self.run_deletes(tx, group, rows).await;
+        }
+        let mode = self.spec.write_mode;
+        let sql = sql::write_statement(&group.target, cols, mode, &self.spec.key_columns, false);
+        let n = match self.exec(tx, &sql, &rows.arrays).await? {
+            Exec::Rows(n) => n,
+            Exec::Failed(e) => return Ok(RowsResult::Failed(e)),
+        };
+        let total = rows.len() as u64;
+        match mode {
+            WriteMode::Insert if n < total && total > 1 => {
+                return self.settle_partial_insert(tx, group, cols, rows, n).await
+            }
+            WriteMode::Insert if n < total => {
+                return self.settle_conflict(tx, group, cols, rows).await
+            }
+            WriteMode::UpsertIfNewer => {
+                self.out.written += n;
+                self.out.stale_ignored += total - n;
+            }
+            _ => self.out.written += n,
+        }
+        Ok(RowsResult::Done)
+    }
+
+    async fn run_deletes(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        group: &Group,
+        rows: &Rows,
+    ) -> Result<RowsResult, TransientError> {
+        let id_col = group
+            .columns
+            .iter()
+            .position(|c| c == "entityid")
+            .unwrap_or(0);
+        let sql = sql::delete_statement(&group.target);
+        Ok(
+            match self.exec(tx, &sql, &rows.arrays[id_col..=id_col]).await? {
+                Exec::Rows(_) => {
+                    self.out.deleted += rows.len() as u64;
+                    RowsResult::Done
+                }
+                Exec::Failed(e) => RowsResult::Failed(e),
+            },
+        )
+    }
+
+    /// Some rows of an insert conflicted and the statement inserted the other `inserted`. Which
+    /// rows those are is not returned, so every row is run again alone: the inserted ones now
+    /// conflict with themselves and are recognised as identical, so they are counted back as
+    /// written rather than replayed.
+    async fn settle_partial_insert(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        group: &Group,
+        cols: &[Col<'_>],
+        rows: &Rows,
+        inserted: u64,
+    ) -> Result<RowsResult, TransientError> {
+        let replayed_before = self.out.duplicate_replayed;
+        let mut failed = Vec::new();
+        for k in 0..rows.len() {
+            let one = rows.single(k);
+            let sql = sql::write_statement(
+                &group.target,
+                cols,
+                WriteMode::Insert,
+                &self.spec.key_columns,
+                false,
+            );
+            let settled = match self.exec(tx, &sql, &one.arrays).await? {
+                Exec::Rows(1) => {
+                    self.out.written += 1;
+                    RowsResult::Done
+                }
+                Exec::Rows(_) => self.settle_conflict(tx, group, cols, &one).await?,
+                Exec::Failed(e) => RowsResult::Failed(e),
+            };
+            match settled {
+                RowsResult::Done => {}
+                RowsResult::Failed(e) => failed.push((k, e)),
+                RowsResult::RowFailures(f) => failed.extend(f.into_iter().map(|(_, e)| (k, e))),
+            }
+        }
+        let replayed_here = self.out.duplicate_replayed - replayed_before;
+        self.out.duplicate_replayed -= inserted.min(replayed_here);
+        self.out.written += inserted.min(replayed_here);
+        Ok(if failed.is_empty() {
+            RowsResult::Done
+        } else {
+            RowsResult::RowFailures(failed)
+        })
+    }
+
+    /// One row was not inserted: an identical replay (a no-op) or a real duplicate key, which
+    /// the strict insert then reports with PostgreSQL's own error.
+    async fn settle_conflict(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        group: &Group,
+        cols: &[Col<'_>],
+        one: &Rows,
+    ) -> Result<RowsResult, TransientError> {
+        if self.is_identical_replay(tx, group, cols, one).await? {
+            self.out.duplicate_replayed += 1;
+            return Ok(RowsResult::Done);
+        }
+        let strict = sql::write_statement(&group.target, cols, WriteMode::Insert, &[], true);
+        Ok(match self.exec(tx, &strict, &one.arrays).await? {
+            Exec::Rows(_) => {
+                self.out.written += 1;
+                RowsResult::Done
+            }
+            Exec::Failed(e) => RowsResult::Failed(e),
+        })
+    }
+
+    /// True when the stored row with the same key equals `one` in every column but `recvtime`.
+    /// A column type without equality cannot be compared: treated as different.
+    async fn is_identical_replay(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        group: &Group,
+        cols: &[Col<'_>],
+        one: &Rows,
+    ) -> Result<bool, TransientError> {
+        let row = one.row(0);
+        let compare: Vec<(Col<'_>, &Option<String>)> = cols
+            .iter()
+            .cloned()
+            .zip(row.iter())
+            .filter(|(c, _)| c.name != "recvtime")
+            .collect();
+        let check_cols: Vec<Col<'_>> = compare.iter().map(|(c, _)| c.clone()).collect();
+        let check = sql::identical_row_exists(&group.target, &check_cols, &self.spec.key_columns);
+        let params: Vec<&(dyn ToSql + Sync)> = compare
+            .iter()
+            .map(|(_, v)| *v as &(dyn ToSql + Sync))
+            .collect();
+        let types = vec![Type::TEXT; params.len()];
+        let sp = tx.transaction().await.map_err(transient)?;
+        let checked = match sp.prepare_typed(&check, &types).await {
+            Ok(stmt) => sp
+                .query_one(&stmt, &params)
+                .await
+                .map(|r| r.get::<_, bool>(0)),
+            Err(e) => Err(e),
+        };
+        self.out.statements += 1;
+        match checked {
+            Ok(same) => {
+                sp.commit().await.map_err(transient)?;
+                Ok(same)
+            }
+            Err(e) if classify(&e) == ErrorClass::Transient => Err(transient(e)),
+            Err(_) => {
+                sp.rollback().await.map_err(transient)?;
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// Every item of `group` fails with `message` (the table or a column is missing).
+fn fail_all(items: &[WriteItem], group: &Group, message: &str) -> Vec<ItemFailure> {
+    group
+        .items
+        .iter()
+        .map(|&i| ItemFailure {
+            item: i,
+            error: message.to_string(),
+            query: untyped_query(&items[i].op),
+            from_database: false,
+        })
+        .collect()
+}
+
+/// The group's columns with their types from `meta` (every column is known by now).
+fn columns<'a>(group: &'a Group, meta: &'a TableMeta) -> Vec<Col<'a>> {
+    group
+        .columns
+        .iter()
+        .map(|c| Col {
+            name: c,
+            sql_type: &meta[c.as_str()].cast_type,
+            full_type: &meta[c.as_str()].sql_type,
+        })
+        .collect()
+}
+
+/// Row `k` of `rows` failed in the database with `e`.
+fn failure(
+    group: &Group,
+    cols: &[Col<'_>],
+    rows: &Rows,
+    k: usize,
+    e: &tokio_postgres::Error,
+) -> ItemFailure {
+    let values = rows.row(k);
+    let query = if group.kind == OpKind::Delete {
+        sql::readable_delete(&group.target, values[0].as_deref().unwrap_or(""))
+    } else {
+        typed_query(&group.target, cols, &values)
+    };
+    ItemFailure {
+        item: rows.items[k],
+        error: describe(e),
+        query,
+        from_database: true,
+    }
+}
+
+/// Bound rows of a group, column-major (one `text[]` parameter per column), with the index of
+/// the item each row came from. Values are moved in once and never copied on the main path.
+struct Rows {
+    items: Vec<usize>,
+    arrays: Vec<Vec<Option<String>>>,
+}
+
+impl Rows {
+    fn with_capacity(ncols: usize, nrows: usize) -> Self {
+        Self {
+            items: Vec::with_capacity(nrows),
+            arrays: (0..ncols).map(|_| Vec::with_capacity(nrows)).collect(),
+        }
+    }
+
+    fn push(&mut self, item: usize, row: Vec<Option<String>>) {
+        self.items.push(item);
+        for (a, v) in self.arrays.iter_mut().zip(row) {
+            a.push(v);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Row `k`'s values (copied: only for error reports and single-row replays).
+    fn row(&self, k: usize) -> Vec<Option<String>> {
+        self.arrays.iter().map(|a| a[k].clone()).collect()
+    }
+
+    /// A one-row batch holding row `k`.
+    fn single(&self, k: usize) -> Rows {
+        let mut one = Rows::with_capacity(self.arrays.len(), 1);
+        one.push(self.items[k], self.row(k));
+        one
+    }
+}
+
+fn bind_row(
+    op: &RowOp,
+    columns: &[String],
+    meta: &TableMeta,
+) -> Result<Vec<Option<String>>, BindError> {
+    columns
+        .iter()
+        .map(|c| {
+            let info = &meta[c.as_str()];
+            let v = op.get(c).unwrap_or(&CellValue::Null);
+            bind_text(c, info.kind, &info.sql_type, v)
+        })
+        .collect()
+}
