@@ -147,11 +147,9 @@ pub async fn run(
             args.kafka_stats_ms,
             &config.kafka_settings,
         );
-        let consumer: StreamConsumer<FlowContext> = c.create_with_context(FlowContext::new(
-            &spec.name,
-            metrics.clone(),
-            status.clone(),
-        ))?;
+        let handle = FlowHandle::new(&spec.name, metrics.clone(), status);
+        let consumer: StreamConsumer<FlowContext> =
+            c.create_with_context(FlowContext::new(handle.clone()))?;
         processors.push(FlowProcessor {
             settings: IntakeSettings {
                 spec: spec.clone(),
@@ -164,7 +162,7 @@ pub async fn run(
             consumer: subscribed(consumer, &spec.topic)?,
             sink: Sink::new(config.pg.clone(), Duration::from_millis(args.db_timeout_ms)),
             dead_letters: dead_letters.clone(),
-            handle: FlowHandle::new(&spec.name, metrics.clone(), status),
+            handle,
             batch_size: args.batch_size as usize,
             linger: Duration::from_millis(args.linger_ms),
             max_backoff: Duration::from_millis(args.retry_max_backoff_ms),

@@ -6,7 +6,6 @@ pub(crate) mod consumer;
 pub mod dead_letter;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -17,7 +16,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::metrics::Metrics;
+use crate::pipeline::handle::FlowHandle;
 
 /// The librdkafka properties for the TLS and SASL flags (`security.protocol`, `sasl.*`,
 /// `ssl.*`), the password read from its file when one is named. SASL needs a user name and a
@@ -131,9 +130,7 @@ impl FlowStatus {
 
 /// Consumer context: keeps the assignment count and the lag gauge up to date.
 pub struct FlowContext {
-    flow: String,
-    metrics: Arc<Metrics>,
-    status: Arc<FlowStatus>,
+    handle: FlowHandle,
     /// `(topic, partition)` assigned now. A statistics event computed before a rebalance can
     /// arrive after it; lag is exported only for what is owned, so a revoked partition's series
     /// does not come back.
@@ -141,12 +138,10 @@ pub struct FlowContext {
 }
 
 impl FlowContext {
-    /// A context for `flow`.
-    pub fn new(flow: &str, metrics: Arc<Metrics>, status: Arc<FlowStatus>) -> Self {
+    /// A context reporting through `handle`.
+    pub(crate) fn new(handle: FlowHandle) -> Self {
         Self {
-            flow: flow.to_string(),
-            metrics,
-            status,
+            handle,
             owned: Default::default(),
         }
     }
@@ -159,12 +154,9 @@ impl ClientContext for FlowContext {
         };
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
-                if !owned.contains(&(topic.clone(), *partition)) {
-                    continue;
-                }
                 // -1 is librdkafka's internal "unassigned" partition; only partitions this
                 // consumer owns and has a lag for are exported.
-                if *partition < 0 || !p.desired {
+                if !owned.contains(&(topic.clone(), *partition)) || !p.desired {
                     continue;
                 }
                 // librdkafka reports -1 until an offset is committed; a partition that never
@@ -174,10 +166,7 @@ impl ClientContext for FlowContext {
                     _ if p.hi_offset == 0 => 0,
                     _ => continue,
                 };
-                self.metrics
-                    .consumer_lag
-                    .with_label_values(&[&self.flow, topic, &partition.to_string()])
-                    .set(lag);
+                self.handle.set_lag(topic, *partition, lag);
             }
         }
     }
@@ -185,47 +174,35 @@ impl ClientContext for FlowContext {
 
 impl ConsumerContext for FlowContext {
     fn post_rebalance(&self, _base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let flow = self.handle.flow();
         match rebalance {
             Rebalance::Assign(tpl) => {
+                let assigned = tpl.elements();
                 if let Ok(mut owned) = self.owned.lock() {
                     owned.extend(
-                        tpl.elements()
+                        assigned
                             .iter()
                             .map(|e| (e.topic().to_string(), e.partition())),
                     );
                 }
-                let n = tpl.count() as i64;
-                self.status.assigned.store(n, Ordering::Relaxed);
-                self.metrics
-                    .partitions_assigned
-                    .with_label_values(&[&self.flow])
-                    .set(n);
-                tracing::info!(flow = %self.flow, partitions = n, "partitions assigned");
+                self.handle.set_assigned(assigned.len() as i64);
+                tracing::info!(flow, partitions = assigned.len(), "partitions assigned");
             }
             Rebalance::Revoke(tpl) => {
-                if let Ok(mut r) = self.status.revoked.lock() {
-                    r.extend(tpl.elements().iter().map(|e| e.partition()));
-                }
+                let revoked: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
                 if let Ok(mut owned) = self.owned.lock() {
-                    for e in tpl.elements() {
-                        owned.remove(&(e.topic().to_string(), e.partition()));
+                    for r in &revoked {
+                        owned.remove(r);
                     }
                 }
-                for e in tpl.elements() {
-                    let _ = self.metrics.consumer_lag.remove_label_values(&[
-                        &self.flow,
-                        e.topic(),
-                        &e.partition().to_string(),
-                    ]);
-                }
-                self.status.assigned.store(0, Ordering::Relaxed);
-                self.metrics
-                    .partitions_assigned
-                    .with_label_values(&[&self.flow])
-                    .set(0);
-                tracing::info!(flow = %self.flow, "partitions revoked");
+                self.handle.revoked(&revoked);
+                tracing::info!(flow, "partitions revoked");
             }
-            Rebalance::Error(e) => tracing::warn!(flow = %self.flow, error = %e, "rebalance error"),
+            Rebalance::Error(e) => tracing::warn!(flow, error = %e, "rebalance error"),
         }
     }
 }

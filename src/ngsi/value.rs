@@ -8,6 +8,10 @@ use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 
 use super::time::to_rfc3339_micros;
+use crate::text::truncate;
+
+/// Longest value shown in an error message about it.
+const DESCRIBE_CHARS: usize = 200;
 
 /// The value of one column of a record.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,11 +44,11 @@ impl CellValue {
     pub fn describe(&self) -> String {
         match self {
             CellValue::Null => "NULL".into(),
-            CellValue::Text(s) => format!("text {}", truncate(&format!("{s:?}"))),
+            CellValue::Text(s) => format!("text {}", truncate(format!("{s:?}"), DESCRIBE_CHARS)),
             CellValue::Instant(t) => format!("timestamp {}", to_rfc3339_micros(t)),
             CellValue::Attr(a) => format!(
                 "value {} (NGSI type {})",
-                truncate(&a.value.to_string()),
+                truncate(a.value.to_string(), DESCRIBE_CHARS),
                 a.ngsi_type.as_deref().unwrap_or("none")
             ),
         }
@@ -69,16 +73,4 @@ impl CellValue {
     pub fn is_bare_literal(&self) -> bool {
         matches!(self, CellValue::Attr(a) if a.value.is_number() || a.value.is_boolean())
     }
-}
-
-fn truncate(s: &str) -> String {
-    const MAX: usize = 200;
-    if s.len() <= MAX {
-        return s.to_string();
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }

@@ -70,6 +70,39 @@ impl FlowHandle {
         &self.status
     }
 
+    /// `n` partitions are assigned now (`/ready` and `ngsiflow_partitions_assigned`).
+    pub(crate) fn set_assigned(&self, n: i64) {
+        self.status.assigned.store(n, Ordering::Relaxed);
+        self.metrics
+            .partitions_assigned
+            .with_label_values(&[&self.flow])
+            .set(n);
+    }
+
+    /// Partitions were revoked: the loop drops their uncommitted messages (it reads them from
+    /// `status().revoked`), their lag series go, and nothing is assigned until the next
+    /// assignment.
+    pub(crate) fn revoked(&self, partitions: &[(String, i32)]) {
+        if let Ok(mut r) = self.status.revoked.lock() {
+            r.extend(partitions.iter().map(|(_, p)| *p));
+        }
+        for (topic, p) in partitions {
+            let _ =
+                self.metrics
+                    .consumer_lag
+                    .remove_label_values(&[&self.flow, topic, &p.to_string()]);
+        }
+        self.set_assigned(0);
+    }
+
+    /// Consumer lag of an owned partition, in messages.
+    pub(crate) fn set_lag(&self, topic: &str, partition: i32, lag: i64) {
+        self.metrics
+            .consumer_lag
+            .with_label_values(&[&self.flow, topic, &partition.to_string()])
+            .set(lag);
+    }
+
     /// The loop runs (`true`) or ended (`false`): `/ready` and `/health`.
     pub(crate) fn set_running(&self, running: bool) {
         self.status.running.store(running, Ordering::Relaxed);

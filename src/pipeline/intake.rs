@@ -81,15 +81,8 @@ fn bad_record(
     now: DateTime<Utc>,
 ) {
     if let Ok(table) = error_log_table(&out.service) {
-        out.error_rows.push((
-            ErrorLogRow {
-                table,
-                timestamp: now,
-                error: error.clone(),
-                query,
-            },
-            false,
-        ));
+        out.error_rows
+            .push((ErrorLogRow::new(table, now, error.clone(), query), false));
     }
     out.failures.push((entity_index, error));
 }
@@ -130,12 +123,12 @@ fn connect_dead_letter(
     };
     match error_log_table(&ce.service) {
         Ok(table) => out.error_rows.push((
-            ErrorLogRow {
+            ErrorLogRow::new(
                 table,
-                timestamp: now,
-                error: ce.error,
-                query: ce.query.map(|q| postgis::truncate(q, MAX_QUERY_CHARS)),
-            },
+                now,
+                ce.error,
+                ce.query.map(|q| postgis::truncate(q, MAX_QUERY_CHARS)),
+            ),
             true,
         )),
         Err(e) => out.failures.push((None, e.to_string())),

@@ -1,5 +1,5 @@
 //! The generic flow loop, one per flow (does I/O through the Kafka edge and the PostGIS sink):
-//! receive → [`intake`] (decode, transform, bad records to the error log) → [`window`] → flush,
+//! receive → `intake` (decode, transform, bad records to the error log) → `window` → flush,
 //! and a flush is write → dead letters → commit → report. Never a task per message.
 //!
 //! Offsets are committed only after the window's transaction committed and every dead-letter
@@ -20,7 +20,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use crate::postgis::error::ErrorClass;
-use crate::postgis::WindowOutcome;
+use crate::postgis::{WindowOutcome, WindowWrite};
 use handle::{FlowHandle, Outcome};
 use inbound::Inbound;
 use intake::{intake, IntakeSettings};
@@ -277,10 +277,13 @@ where
         let mut paused = false;
         let result = loop {
             let attempt = Instant::now();
-            let written = self
-                .sink
-                .write_window(&self.settings.spec, window.items(), &error_rows, Utc::now())
-                .await;
+            let w = WindowWrite {
+                spec: &self.settings.spec,
+                items: window.items(),
+                error_rows: &error_rows,
+                now: Utc::now(),
+            };
+            let written = self.sink.write_window(w).await;
             let e = match written {
                 Ok(o) => {
                     // Only the successful attempt is timed: backoff is not database latency.

@@ -4,12 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::flow::FlowSpec;
 use crate::kafka::dead_letter::DeadLetter;
-use crate::postgis::{ErrorLogRow, TransientError, WindowOutcome, WriteItem};
+use crate::postgis::{TransientError, WindowOutcome, WindowWrite};
 
 use super::inbound::Inbound;
 
@@ -31,14 +29,8 @@ pub(crate) trait OffsetCommitter {
 
 /// Where a window is written, in one transaction.
 pub(crate) trait WindowSink {
-    /// Writes `items` and the error-log rows `error_rows`; see `postgis::Sink::write_window`.
-    async fn write_window(
-        &mut self,
-        spec: &FlowSpec,
-        items: &[WriteItem],
-        error_rows: &[ErrorLogRow],
-        now: DateTime<Utc>,
-    ) -> Result<WindowOutcome, TransientError>;
+    /// Writes one window; see `postgis::Sink::write_window`.
+    async fn write_window(&mut self, w: WindowWrite<'_>) -> Result<WindowOutcome, TransientError>;
 }
 
 /// Where dead-letter copies go.

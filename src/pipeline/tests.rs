@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::inbound::Inbound;
@@ -16,11 +15,12 @@ use super::intake::IntakeSettings;
 use super::ports::{DeadLetterSink, OffsetCommitter, Source, WindowSink};
 use super::FlowProcessor;
 use crate::flow::transform::TransformOptions;
-use crate::flow::FlowSpec;
 use crate::kafka::dead_letter::DeadLetter;
 use crate::kafka::FlowStatus;
 use crate::metrics::Metrics;
-use crate::postgis::{ErrorLogRow, ItemFailure, TransientError, WindowOutcome, WriteItem};
+use crate::postgis::{
+    ErrorLogRow, ItemFailure, TransientError, WindowOutcome, WindowWrite, WriteItem,
+};
 
 /// Records in order; when the record at `(partition, offset)` of `revoke_at` is handed out,
 /// its `.1` partition is revoked first (as the rebalance callback does inside `recv`).
@@ -79,13 +79,8 @@ fn entity_id(item: &WriteItem) -> String {
 }
 
 impl WindowSink for FakeSink {
-    async fn write_window(
-        &mut self,
-        _spec: &FlowSpec,
-        items: &[WriteItem],
-        error_rows: &[ErrorLogRow],
-        now: DateTime<Utc>,
-    ) -> Result<WindowOutcome, TransientError> {
+    async fn write_window(&mut self, w: WindowWrite<'_>) -> Result<WindowOutcome, TransientError> {
+        let (items, error_rows, now) = (w.items, w.error_rows, w.now);
         if self
             .transient
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -139,7 +134,8 @@ impl DeadLetterSink for FakeDeadLetters {
     fn flush(&self) {}
 }
 
-fn record(partition: i32, offset: i64, payload: &str) -> Inbound {
+/// A record of tenant `demo`, servicepath `/city`.
+pub(super) fn record(partition: i32, offset: i64, payload: &str) -> Inbound {
     Inbound {
         partition,
         offset,
@@ -152,7 +148,8 @@ fn record(partition: i32, offset: i64, payload: &str) -> Inbound {
     }
 }
 
-fn notification(ids: &[&str]) -> String {
+/// A notification with one `Sensor` entity per id, all at `2026-01-01T00:00:00Z`.
+pub(super) fn notification(ids: &[&str]) -> String {
     let entities: Vec<String> = ids
         .iter()
         .map(|id| {

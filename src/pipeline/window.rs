@@ -315,6 +315,7 @@ mod tests {
     use crate::flow::shipped_flow;
     use crate::flow::transform::TransformOptions;
     use crate::pipeline::intake::{intake, IntakeSettings};
+    use crate::pipeline::tests::{notification, record};
     use chrono::TimeZone;
     use std::time::Duration;
 
@@ -324,28 +325,6 @@ mod tests {
             transform: TransformOptions::default(),
             topic_prefix: String::new(),
         }
-    }
-
-    fn record(partition: i32, offset: i64, payload: &str) -> Inbound {
-        Inbound {
-            partition,
-            offset,
-            key: None,
-            payload: Some(payload.as_bytes().to_vec()),
-            headers: Ok(vec![("Fiware-Service".into(), b"demo".to_vec())]),
-        }
-    }
-
-    fn notification(ids: &[&str]) -> String {
-        let entities: Vec<String> = ids
-            .iter()
-            .map(|id| {
-                format!(
-                    r#"{{"id":"{id}","type":"T","TimeInstant":{{"type":"DateTime","value":"2026-01-01T00:00:00Z"}}}}"#
-                )
-            })
-            .collect();
-        format!(r#"{{"data":[{}]}}"#, entities.join(","))
     }
 
     /// Adds `(partition, offset, payload)` messages received 1 ms apart from `t0`.

@@ -1,5 +1,5 @@
 //! Table metadata (does I/O: reads the catalog): each table's columns and their types, cached
-//! per connection for [`METADATA_TTL`] and re-read at once when a write suggests the table
+//! per connection for `METADATA_TTL` and re-read at once when a write suggests the table
 //! changed (an unknown column, a value that does not bind, a stale-metadata SQLSTATE).
 
 use std::collections::HashMap;

@@ -1,22 +1,22 @@
 //! PostGIS sink: writes a flush window of row operations in one transaction (does I/O; the only
 //! module that uses tokio-postgres).
 //!
-//! The window is planned into groups ([`plan`]) and the [`writer`] writes each with one
-//! statement over unnested `text[]` parameters ([`sql`]) inside a savepoint, values bound by
-//! the target column's type ([`bind`], [`meta`]). A group that fails for a permanent reason is
+//! The window is planned into groups (`plan`) and the `writer` writes each with one
+//! statement over unnested `text[]` parameters (`sql`) inside a savepoint, values bound by
+//! the target column's type ([`bind`], `meta`). A group that fails for a permanent reason is
 //! replayed row by row so that good rows commit and each bad row gets an error-log row
-//! ([`error_log`], with a [`readable`] statement). Transient failures ([`error`]) abort the
+//! (`error_log`, with a `readable` statement). Transient failures ([`error`]) abort the
 //! whole window, which the caller retries: nothing is committed, nothing is logged as bad data.
-//! Connections and TLS: [`connection`], [`tls`].
+//! Connections and TLS: `connection`, [`tls`].
 
 pub mod bind;
-pub mod connection;
+pub(crate) mod connection;
 pub mod error;
 pub(crate) mod error_log;
-pub mod meta;
-pub mod plan;
-pub mod readable;
-pub mod sql;
+pub(crate) mod meta;
+pub(crate) mod plan;
+pub(crate) mod readable;
+pub(crate) mod sql;
 pub mod tls;
 pub(crate) mod writer;
 
@@ -55,6 +55,20 @@ pub struct WriteItem {
     pub source: u32,
 }
 
+/// One window to write: the flow, its row operations in arrival order, the error-log rows found
+/// before the database, and the time that stamps error-log rows of failures found while writing.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowWrite<'a> {
+    /// The flow (write mode, key columns).
+    pub spec: &'a FlowSpec,
+    /// Row operations.
+    pub items: &'a [WriteItem],
+    /// Error-log rows of records that failed before the database.
+    pub error_rows: &'a [ErrorLogRow],
+    /// Failure time for rows rejected while writing.
+    pub now: DateTime<Utc>,
+}
+
 /// An error log row to write in the window's transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorLogRow {
@@ -66,6 +80,25 @@ pub struct ErrorLogRow {
     pub error: String,
     /// Readable statement.
     pub query: Option<String>,
+}
+
+impl ErrorLogRow {
+    /// The error-log row of a bad record, whatever found it (decode, transform, PostgreSQL, or a
+    /// Kafka Connect dead letter): `error` as reported, `query` the readable statement or the
+    /// record's text, both already cut to their limits.
+    pub fn new(
+        table: TableRef,
+        timestamp: DateTime<Utc>,
+        error: String,
+        query: Option<String>,
+    ) -> Self {
+        Self {
+            table,
+            timestamp,
+            error,
+            query,
+        }
+    }
 }
 
 /// An error log table that could not be written in a window.
@@ -161,27 +194,20 @@ impl Sink {
     }
 
     /// Writes a flush window in one transaction: every item, then the error log rows for
-    /// `pre_errors` (records that failed before reaching the database) and for items that fail
-    /// here. `now` stamps the error log rows of failures found here.
+    /// `w.error_rows` (records that failed before reaching the database) and for items that
+    /// fail here, stamped `w.now`.
     ///
     /// # Errors
     /// [`TransientError`] when the database is unreachable or a transient SQLSTATE occurred;
     /// the transaction was rolled back and the caller retries the same window.
     pub async fn write_window(
         &mut self,
-        spec: &FlowSpec,
-        items: &[WriteItem],
-        pre_errors: &[ErrorLogRow],
-        now: DateTime<Utc>,
+        w: WindowWrite<'_>,
     ) -> Result<WindowOutcome, TransientError> {
         self.connect().await?;
         let limit = self.window_timeout;
-        let result = match tokio::time::timeout(
-            limit,
-            self.write_window_inner(spec, items, pre_errors, now),
-        )
-        .await
-        {
+        let flow = w.spec.name.clone();
+        let result = match tokio::time::timeout(limit, self.transaction(w)).await {
             Ok(r) => r,
             Err(_) => Err(TransientError(format!(
                 "window transaction did not finish within {} ms",
@@ -189,19 +215,19 @@ impl Sink {
             ))),
         };
         if let Err(e) = &result {
-            tracing::warn!(flow = %spec.name, error = %e.0, "database write failed, will retry");
+            tracing::warn!(flow = %flow, error = %e.0, "database write failed, will retry");
             self.drop_connection();
         }
         result
     }
 
-    async fn write_window_inner(
-        &mut self,
-        spec: &FlowSpec,
-        items: &[WriteItem],
-        pre_errors: &[ErrorLogRow],
-        now: DateTime<Utc>,
-    ) -> Result<WindowOutcome, TransientError> {
+    async fn transaction(&mut self, w: WindowWrite<'_>) -> Result<WindowOutcome, TransientError> {
+        let WindowWrite {
+            spec,
+            items,
+            error_rows: pre_errors,
+            now,
+        } = w;
         let Sink {
             client,
             meta,
@@ -225,12 +251,12 @@ impl Sink {
             let failures = w.write_group(&mut tx, items, &group).await?;
             for f in failures {
                 if let Some(table) = &items[f.item].error_log {
-                    log_rows.push(ErrorLogRow {
-                        table: TableRef::clone(table),
-                        timestamp: now,
-                        error: f.error.clone(),
-                        query: Some(f.query.clone()),
-                    });
+                    log_rows.push(ErrorLogRow::new(
+                        TableRef::clone(table),
+                        now,
+                        f.error.clone(),
+                        Some(f.query.clone()),
+                    ));
                 }
                 w.out.failures.push(f);
             }
@@ -248,13 +274,7 @@ fn transient(e: tokio_postgres::Error) -> TransientError {
 }
 
 impl crate::pipeline::ports::WindowSink for Sink {
-    async fn write_window(
-        &mut self,
-        spec: &FlowSpec,
-        items: &[WriteItem],
-        error_rows: &[ErrorLogRow],
-        now: DateTime<Utc>,
-    ) -> Result<WindowOutcome, TransientError> {
-        Sink::write_window(self, spec, items, error_rows, now).await
+    async fn write_window(&mut self, w: WindowWrite<'_>) -> Result<WindowOutcome, TransientError> {
+        Sink::write_window(self, w).await
     }
 }

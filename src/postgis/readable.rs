@@ -8,6 +8,7 @@ use crate::route::TableRef;
 
 use super::bind::ColumnKind;
 use super::sql::{self, Col, Literal};
+pub use crate::text::truncate;
 
 /// Longest readable statement stored in the error log.
 pub const MAX_QUERY_CHARS: usize = 8000;
@@ -72,25 +73,4 @@ pub fn untyped_insert(target: &TableRef, columns: &[(String, CellValue)]) -> Str
         })
         .collect();
     truncate(sql::readable_insert(target, &lits), MAX_QUERY_CHARS)
-}
-
-/// Truncates to `max` characters with a `... [truncated N chars]` tail, as Kafnus does.
-pub fn truncate(s: String, max: usize) -> String {
-    let count = s.chars().count();
-    if count <= max {
-        return s;
-    }
-    let kept: String = s.chars().take(max).collect();
-    format!("{kept}... [truncated {} chars]", count - max)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn truncation_marks_what_was_cut() {
-        assert_eq!(truncate("abcdef".into(), 4), "abcd... [truncated 2 chars]");
-        assert_eq!(truncate("abc".into(), 4), "abc");
-    }
 }

@@ -262,15 +262,27 @@ impl Writer<'_> {
             .position(|c| c == "entityid")
             .unwrap_or(0);
         let sql = sql::delete_statement(&group.target);
-        Ok(
-            match self.exec(tx, &sql, &rows.arrays[id_col..=id_col]).await? {
-                Exec::Rows(_) => {
-                    self.out.deleted += rows.len() as u64;
-                    RowsResult::Done
-                }
-                Exec::Failed(e) => RowsResult::Failed(e),
-            },
-        )
+        let ids = &rows.arrays[id_col..=id_col];
+        let n = rows.len() as u64;
+        self.exec_settling(tx, &sql, ids, |out| out.deleted += n)
+            .await
+    }
+
+    /// Runs a statement; when it succeeds, `count` records what its rows became.
+    async fn exec_settling(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        sql: &str,
+        arrays: &[Vec<Option<String>>],
+        count: impl FnOnce(&mut WindowOutcome),
+    ) -> Result<RowsResult, TransientError> {
+        Ok(match self.exec(tx, sql, arrays).await? {
+            Exec::Rows(_) => {
+                count(self.out);
+                RowsResult::Done
+            }
+            Exec::Failed(e) => RowsResult::Failed(e),
+        })
     }
 
     /// Some rows of an insert conflicted and the statement inserted the other `inserted`. Which
@@ -334,13 +346,8 @@ impl Writer<'_> {
             return Ok(RowsResult::Done);
         }
         let strict = sql::write_statement(&group.target, cols, WriteMode::Insert, &[], true);
-        Ok(match self.exec(tx, &strict, &one.arrays).await? {
-            Exec::Rows(_) => {
-                self.out.written += 1;
-                RowsResult::Done
-            }
-            Exec::Failed(e) => RowsResult::Failed(e),
-        })
+        self.exec_settling(tx, &strict, &one.arrays, |out| out.written += 1)
+            .await
     }
 
     /// True when the stored row with the same key equals `one` in every column but `recvtime`.
