@@ -354,3 +354,98 @@ async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
         run_case(case).await;
     }
 }
+
+/// The loop with the real dead-letter producer on librdkafka's in-process mock cluster: a bad
+/// record too large for a dead-letter copy goes without its value, the other copies of the
+/// window still go, and the window commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_dead_letter_goes_without_its_value_and_the_window_commits() {
+    use crate::kafka::dead_letter::{headers as dlh, DeadLetterProducer};
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message};
+
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    cluster.create_topic("dl", 1, 1).unwrap();
+    let base = crate::kafka::client_config(
+        &cluster.bootstrap_servers(),
+        &[("message.max.bytes".into(), "20000".into())],
+    );
+    let spec = crate::flow::shipped_flow("historic");
+    let status = Arc::new(FlowStatus::default());
+    let metrics = Arc::new(Metrics::new(std::slice::from_ref(&spec.name), 10));
+    let huge = format!("{{not json {}", "x".repeat(50_000));
+    let consumer = FakeConsumer {
+        queue: Arc::new(Mutex::new(
+            vec![
+                record(0, 0, "{bad one"),
+                record(0, 1, &huge),
+                record(0, 2, "{bad three"),
+                record(0, 3, &notification(&["A"])),
+            ]
+            .into(),
+        )),
+        committed: Arc::default(),
+        status: status.clone(),
+        revoke_at: None,
+    };
+    let sink = FakeSink::default();
+    let processor = FlowProcessor {
+        settings: IntakeSettings {
+            spec: spec.clone(),
+            transform: TransformOptions::default(),
+            topic_prefix: String::new(),
+        },
+        consumer: consumer.clone(),
+        sink: sink.clone(),
+        dead_letters: Arc::new(DeadLetterProducer::new(&base, "dl").unwrap()),
+        handle: super::handle::FlowHandle::new(&spec.name, metrics.clone(), status),
+        batch_size: 100,
+        linger: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(20),
+    };
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(processor.run(cancel.clone(), Duration::from_secs(1)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while consumer.committed.lock().unwrap().get(&0) != Some(&4) {
+        assert!(std::time::Instant::now() < deadline, "window not committed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cancel.cancel();
+    task.await.unwrap();
+    assert_eq!(*sink.written.lock().unwrap(), ["A"]);
+
+    let reader: StreamConsumer = crate::kafka::client_config(&cluster.bootstrap_servers(), &[])
+        .set("group.id", "check")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&["dl"]).unwrap();
+    let mut copies = Vec::new();
+    while copies.len() < 3 {
+        let m = tokio::time::timeout(Duration::from_secs(20), reader.recv())
+            .await
+            .expect("three dead letters")
+            .unwrap();
+        let header = |name: &str| {
+            m.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == name)
+                    .map(|h| String::from_utf8_lossy(h.value.unwrap_or_default()).to_string())
+            })
+        };
+        copies.push((
+            header(dlh::OFFSET).unwrap(),
+            m.payload().map(<[u8]>::len),
+            header(dlh::VALUE_OMITTED).is_some(),
+        ));
+    }
+    copies.sort();
+    assert_eq!(
+        copies,
+        [
+            ("0".to_string(), Some(8), false),
+            ("1".to_string(), None, true),
+            ("2".to_string(), Some(10), false),
+        ]
+    );
+}
