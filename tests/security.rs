@@ -122,10 +122,36 @@ async fn postgresql_sslmodes_and_certificates() {
 const SASL_USER: &str = "ngsi";
 const SASL_PASSWORD: &str = "kafka-s3cret";
 
-fn produce(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+/// `ngsiflow produce --quiet` to `brokers` with `--kafka-security-protocol protocol`, the SASL
+/// mechanism and user when given, the CA, then `extra` flags, under `envs`.
+fn produce_secured(
+    brokers: &str,
+    protocol: &str,
+    mechanism: Option<&str>,
+    ca: &str,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> std::process::Output {
+    let mut args = vec![
+        "--brokers",
+        brokers,
+        "--quiet",
+        "--kafka-security-protocol",
+        protocol,
+    ];
+    if let Some(m) = mechanism {
+        args.extend([
+            "--kafka-sasl-mechanism",
+            m,
+            "--kafka-sasl-username",
+            SASL_USER,
+        ]);
+    }
+    args.extend(["--kafka-ssl-ca-location", ca]);
+    args.extend(extra);
     Command::new(env!("CARGO_BIN_EXE_ngsiflow"))
         .arg("produce")
-        .args(args)
+        .args(&args)
         .envs(envs.iter().copied())
         .output()
         .unwrap()
@@ -154,137 +180,76 @@ async fn workers_and_producer_over_ssl_and_sasl_ssl_into_tls_postgresql() {
     let mut outcomes = Vec::new();
     let started = std::time::Instant::now();
 
-    // Producer: SCRAM-SHA-256 over SASL_SSL, password from a file given by environment.
-    let out = produce(
-        &[
-            "--brokers",
+    let mut note = |o: &'static str| {
+        eprintln!("{:?} {o}", started.elapsed());
+        outcomes.push(o);
+    };
+    // Producers: SCRAM-SHA-256 with the password file named by the environment, PLAIN with
+    // the password in the environment, and the SSL listener (CA and host name checked).
+    let pw_file = kafka_pw.to_str().unwrap();
+    for (brokers, protocol, mechanism, flow, env, outcome) in [
+        (
             &sasl,
-            "--quiet",
-            "--flow",
-            "historic",
-            "--kafka-security-protocol",
             "sasl_ssl",
-            "--kafka-sasl-mechanism",
-            "SCRAM-SHA-256",
-            "--kafka-sasl-username",
-            SASL_USER,
-            "--kafka-ssl-ca-location",
-            &ca,
-        ],
-        &[(
-            "NGSIFLOW_KAFKA_SASL_PASSWORD_FILE",
-            kafka_pw.to_str().unwrap(),
-        )],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    outcomes.push("produce SASL_SSL SCRAM-SHA-256 (password file): delivered");
-    eprintln!("{:?} {}", started.elapsed(), outcomes.last().unwrap());
-    // Producer: PLAIN over SASL_SSL, password from the environment.
-    let out = produce(
-        &[
-            "--brokers",
+            Some("SCRAM-SHA-256"),
+            "historic",
+            &[("NGSIFLOW_KAFKA_SASL_PASSWORD_FILE", pw_file)][..],
+            "produce SASL_SSL SCRAM-SHA-256 (password file): delivered",
+        ),
+        (
             &sasl,
-            "--quiet",
-            "--flow",
-            "lastdata",
-            "--kafka-security-protocol",
             "SASL_SSL",
-            "--kafka-sasl-mechanism",
-            "plain",
-            "--kafka-sasl-username",
-            SASL_USER,
-            "--kafka-ssl-ca-location",
-            &ca,
-        ],
-        &[("NGSIFLOW_KAFKA_SASL_PASSWORD", SASL_PASSWORD)],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    outcomes.push("produce SASL_SSL PLAIN (password env): delivered");
-    eprintln!("{:?} {}", started.elapsed(), outcomes.last().unwrap());
-    // Producer: SSL listener, CA verification and host name check.
-    let out = produce(
-        &[
-            "--brokers",
+            Some("plain"),
+            "lastdata",
+            &[("NGSIFLOW_KAFKA_SASL_PASSWORD", SASL_PASSWORD)][..],
+            "produce SASL_SSL PLAIN (password env): delivered",
+        ),
+        (
             &ssl,
-            "--quiet",
-            "--flow",
-            "mutable",
-            "--kafka-security-protocol",
             "ssl",
-            "--kafka-ssl-ca-location",
-            &ca,
-        ],
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    outcomes.push("produce SSL: delivered");
-    eprintln!("{:?} {}", started.elapsed(), outcomes.last().unwrap());
-
+            None,
+            "mutable",
+            &[][..],
+            "produce SSL: delivered",
+        ),
+    ] {
+        let out = produce_secured(brokers, protocol, mechanism, &ca, &["--flow", flow], env);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        note(outcome);
+    }
     // Refusals: wrong SCRAM password, broker certificate from another CA.
     let wrong = secrets.join("wrong");
     std::fs::write(&wrong, "not-it").unwrap();
-    let out = produce(
-        &[
-            "--brokers",
-            &sasl,
-            "--quiet",
-            "--count",
-            "1",
-            "--kafka-security-protocol",
-            "sasl_ssl",
-            "--kafka-sasl-mechanism",
-            "SCRAM-SHA-512",
-            "--kafka-sasl-username",
-            SASL_USER,
-            "--kafka-sasl-password-file",
-            wrong.to_str().unwrap(),
-            "--kafka-ssl-ca-location",
-            &ca,
-            "-X",
-            "message.timeout.ms=5000",
-        ],
+    let one = ["--count", "1", "-X", "message.timeout.ms=5000"];
+    let wrong_pw = [
+        &one[..],
+        &["--kafka-sasl-password-file", wrong.to_str().unwrap()],
+    ]
+    .concat();
+    let out = produce_secured(
+        &sasl,
+        "sasl_ssl",
+        Some("SCRAM-SHA-512"),
+        &ca,
+        &wrong_pw,
         &[],
     );
     assert!(
         !out.status.success(),
         "a wrong SCRAM password must not deliver"
     );
-    outcomes.push("produce SASL_SSL SCRAM-SHA-512 wrong password: refused");
-    eprintln!("{:?} {}", started.elapsed(), outcomes.last().unwrap());
-    let out = produce(
-        &[
-            "--brokers",
-            &ssl,
-            "--quiet",
-            "--count",
-            "1",
-            "--kafka-security-protocol",
-            "ssl",
-            "--kafka-ssl-ca-location",
-            &pki.path("other-ca.pem"),
-            "-X",
-            "message.timeout.ms=5000",
-        ],
-        &[],
-    );
+    note("produce SASL_SSL SCRAM-SHA-512 wrong password: refused");
+    let other_ca = pki.path("other-ca.pem");
+    let out = produce_secured(&ssl, "ssl", None, &other_ca, &one, &[]);
     assert!(
         !out.status.success(),
         "a broker certificate from another CA must be refused"
     );
-    outcomes.push("produce SSL with another CA: refused");
-    eprintln!("{:?} {}", started.elapsed(), outcomes.last().unwrap());
+    note("produce SSL with another CA: refused");
 
     // Worker 1: historic over the SSL listener; worker 2: lastdata and mutable over SASL_SSL
     // with SCRAM-SHA-512. Both write to the TLS-only cluster with verify-full and a password
@@ -353,12 +318,8 @@ async fn workers_and_producer_over_ssl_and_sasl_ssl_into_tls_postgresql() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    outcomes.push("worker SSL -> TLS PostgreSQL verify-full (password file flag): rows written");
-    eprintln!("{:?} {}", started.elapsed(), outcomes.last().unwrap());
-    outcomes.push(
-        "worker SASL_SSL SCRAM-SHA-512 -> TLS PostgreSQL (password files by env): rows written",
-    );
-    eprintln!("{:?} {}", started.elapsed(), outcomes.last().unwrap());
+    note("worker SSL -> TLS PostgreSQL verify-full (password file flag): rows written");
+    note("worker SASL_SSL SCRAM-SHA-512 -> TLS PostgreSQL (password files by env): rows written");
     // Secrets stay out of /config and the log.
     for w in [&w1, &w2] {
         w.wait_ready(Duration::from_secs(30)).await;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::handle::FlowHandle;
 use super::inbound::Inbound;
 use super::intake::IntakeSettings;
 use super::ports::{DeadLetterSink, OffsetCommitter, Source, WindowSink};
@@ -161,6 +162,29 @@ pub(super) fn notification(ids: &[&str]) -> String {
     format!(r#"{{"data":[{}]}}"#, entities.join(","))
 }
 
+/// The historic flow's loop over the fakes (windows of up to 100 records, 10 ms linger).
+fn flow_loop<D>(
+    consumer: FakeConsumer,
+    sink: FakeSink,
+    dead_letters: D,
+    handle: FlowHandle,
+) -> FlowProcessor<FakeConsumer, FakeSink, D> {
+    FlowProcessor {
+        settings: IntakeSettings {
+            spec: crate::flow::shipped_flow("historic"),
+            transform: TransformOptions::default(),
+            topic_prefix: String::new(),
+        },
+        consumer,
+        sink,
+        dead_letters,
+        handle,
+        batch_size: 100,
+        linger: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(20),
+    }
+}
+
 struct Case {
     name: &'static str,
     input: Vec<Inbound>,
@@ -194,20 +218,8 @@ async fn run_case(case: Case) {
         ..FakeSink::default()
     };
     let dead_letters = FakeDeadLetters::default();
-    let processor = FlowProcessor {
-        settings: IntakeSettings {
-            spec: spec.clone(),
-            transform: TransformOptions::default(),
-            topic_prefix: String::new(),
-        },
-        consumer: consumer.clone(),
-        sink: sink.clone(),
-        dead_letters: dead_letters.clone(),
-        handle: super::handle::FlowHandle::new(&spec.name, metrics.clone(), status.clone()),
-        batch_size: 100,
-        linger: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(20),
-    };
+    let handle = FlowHandle::new(&spec.name, metrics.clone(), status.clone());
+    let processor = flow_loop(consumer.clone(), sink.clone(), dead_letters.clone(), handle);
     let cancel = CancellationToken::new();
     let task = tokio::spawn(processor.run(cancel.clone(), Duration::from_secs(1)));
     let want: BTreeMap<i32, i64> = case.committed.iter().copied().collect();
@@ -389,20 +401,9 @@ async fn an_oversized_dead_letter_goes_without_its_value_and_the_window_commits(
         revoke_at: None,
     };
     let sink = FakeSink::default();
-    let processor = FlowProcessor {
-        settings: IntakeSettings {
-            spec: spec.clone(),
-            transform: TransformOptions::default(),
-            topic_prefix: String::new(),
-        },
-        consumer: consumer.clone(),
-        sink: sink.clone(),
-        dead_letters: Arc::new(DeadLetterProducer::new(&base, "dl").unwrap()),
-        handle: super::handle::FlowHandle::new(&spec.name, metrics.clone(), status),
-        batch_size: 100,
-        linger: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(20),
-    };
+    let handle = FlowHandle::new(&spec.name, metrics.clone(), status);
+    let dead_letters = Arc::new(DeadLetterProducer::new(&base, "dl").unwrap());
+    let processor = flow_loop(consumer.clone(), sink.clone(), dead_letters, handle);
     let cancel = CancellationToken::new();
     let task = tokio::spawn(processor.run(cancel.clone(), Duration::from_secs(1)));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

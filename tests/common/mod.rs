@@ -321,21 +321,24 @@ impl TlsPostgres {
         pg
     }
 
-    /// Runs SQL in `db` over the Unix socket as `postgres`.
-    pub fn psql(&self, db: &str, sql: &str) {
-        as_postgres(&[
+    /// Runs SQL in `db` over the Unix socket as `postgres`, stopping at the first error;
+    /// returns what psql printed (unaligned, tuples only).
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let dir = self.dir.to_str().unwrap();
+        let port = self.port.to_string();
+        let args = [
             "psql",
             "-h",
-            self.dir.to_str().unwrap(),
+            dir,
             "-p",
-            &self.port.to_string(),
+            &port,
             "-d",
             db,
             "-v",
             "ON_ERROR_STOP=1",
-            "-qc",
-            sql,
-        ]);
+        ];
+        let out = as_postgres(&[&args[..], &["-qtAc", sql]].concat());
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// Creates `db` with PostGIS and the sample tables.
@@ -347,19 +350,7 @@ impl TlsPostgres {
 
     /// `SELECT count(*) FROM table` over the socket.
     pub fn count(&self, db: &str, table: &str) -> i64 {
-        let out = as_postgres(&[
-            "psql",
-            "-h",
-            self.dir.to_str().unwrap(),
-            "-p",
-            &self.port.to_string(),
-            "-d",
-            db,
-            "-tAc",
-            &format!("SELECT count(*) FROM {table}"),
-        ]);
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
+        self.psql(db, &format!("SELECT count(*) FROM {table}"))
             .parse()
             .unwrap_or(-1)
     }
