@@ -29,7 +29,12 @@ fn main() -> ExitCode {
                 reload::Layer::new(EnvFilter::new(app::filter_directive(&level)));
             tracing_subscriber::registry()
                 .with(filter)
-                .with(tracing_subscriber::fmt::layer().with_target(false))
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_target(false)
+                        // Colours only on a terminal: log files and collectors get plain text.
+                        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())),
+                )
                 .init();
             let config = match Config::from_args(args) {
                 Ok(c) => c,

@@ -744,3 +744,44 @@ async fn less_common_column_types_bind_by_their_type() {
         "{msgs:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newline_in_a_header_cannot_forge_a_log_line() {
+    let broker = Broker::start();
+    let db = TestDb::create("ngsiflow_t_loginject").await;
+    create_topics(&broker.addr, &["raw_historic"], 1).await;
+    let worker = Worker::start(&broker.addr, &db.url, "loginject", &["--flows", "historic"]);
+    worker.wait_ready(T).await;
+    let p = TestProducer::new(&broker.addr);
+    p.send(
+        "raw_historic",
+        &[
+            ("Fiware-Service", "evil\nFORGED-SERVICE level=INFO all good"),
+            ("Fiware-Correlator", "c1\nFORGED-CORRELATOR"),
+        ],
+        "{not json",
+    )
+    .await;
+    let ok = notification(&[
+        json!({"id": "OK", "type": "Sensor", "TimeInstant": ti("2026-01-01T00:00:00Z")}),
+    ]);
+    p.send("raw_historic", &headers("demo", "/city"), &ok).await;
+    assert_eq!(db.wait_count("demo.city_sensor", 1, T).await, 1);
+    worker
+        .wait_metric("ngsiflow_dead_letter_total{flow=\"historic\"} 1", T)
+        .await;
+    let logs = worker.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("record sent to error log and dead letter"))
+        .unwrap_or_else(|| panic!("no warning for the bad record:\n{logs}"));
+    // The values stay on their line, escaped.
+    assert!(line.contains("forged-service"), "{line}");
+    assert!(line.contains("\\n"), "{line}");
+    assert!(
+        !logs
+            .lines()
+            .any(|l| l.starts_with("forged") || l.starts_with("FORGED")),
+        "a header value started a log line of its own:\n{logs}"
+    );
+}

@@ -189,18 +189,21 @@ where
     fn settle(&self, window: &mut FlushWindow, outcome: WindowOutcome) {
         let flow = self.flow();
         for f in &outcome.failures {
-            tracing::debug!(flow, error = %f.error, query = %f.query, "record failed");
+            tracing::debug!(flow, error = ?f.error, query = ?f.query, "record failed");
             window.fail_item(f.item, f.error.clone());
         }
         let from_db = outcome.failures.iter().filter(|f| f.from_database).count() as u64;
         self.handle.db_errors(ErrorClass::Permanent, from_db);
         for f in &outcome.error_log_failures {
-            tracing::error!(flow, table = %f.table, error = %f.error, rows = f.rows, "cannot write error log; dead-letter copies only");
+            tracing::error!(flow, table = ?f.table.quoted(), error = ?f.error, rows = f.rows, "cannot write error log; dead-letter copies only");
             self.handle.error_log_failures(f.rows);
             window.fail_error_rows_of(&f.table, &f.error);
         }
         window.set_written(outcome);
     }
+
+    // Values that come from records (tenant, correlator, errors quoting table names or values)
+    // are logged with `?`, escaped: a newline in a header must not forge a log line.
 
     /// Sends the window's dead-letter copies and waits for their acknowledgement (before the
     /// offsets are committed: a failed record is never lost, even if the error log could not be
@@ -215,7 +218,7 @@ where
         self.handle.dead_letters(letters.len() as u64);
         for f in window.failures() {
             let m = window.message(f.message);
-            tracing::warn!(flow, service = %m.service, correlator = m.correlator.as_deref().unwrap_or(""), partition = m.record.partition, offset = m.record.offset, error = %f.error, "record sent to error log and dead letter");
+            tracing::warn!(flow, service = ?m.service, correlator = ?m.correlator.as_deref().unwrap_or(""), partition = m.record.partition, offset = m.record.offset, error = ?f.error, "record sent to error log and dead letter");
         }
         true
     }
@@ -297,7 +300,7 @@ where
             if !paused {
                 paused = true;
                 self.set_paused(true);
-                tracing::warn!(flow, error = %e, "database unavailable: flow paused, retrying");
+                tracing::warn!(flow, error = ?e.0, "database unavailable: flow paused, retrying");
             }
             let delay = backoff.next().unwrap_or(self.max_backoff);
             if let Some(stop) = self.wait_serving_consumer(delay, held, cancel).await {

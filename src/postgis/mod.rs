@@ -215,7 +215,7 @@ impl Sink {
             ))),
         };
         if let Err(e) = &result {
-            tracing::warn!(flow = %flow, error = %e.0, "database write failed, will retry");
+            tracing::warn!(flow = %flow, error = ?e.0, "database write failed, will retry");
             self.drop_connection();
         }
         result
