@@ -14,7 +14,8 @@ use super::FlowContext;
 use crate::pipeline::inbound::Inbound;
 
 /// The consumer settings of a flow: its group, manual offset commits, the earliest offset for
-/// a new group, statistics every `stats_ms` (lag gauge), a bounded prefetch; then `settings`
+/// a new group, statistics every `stats_ms` (lag gauge), a bounded prefetch, a 6 s session
+/// timeout; then `settings`
 /// (security and `-X`), except that offsets stay manual whatever `-X` says.
 pub(crate) fn consumer_config(
     base: &ClientConfig,
@@ -30,6 +31,12 @@ pub(crate) fn consumer_config(
         // Bounded prefetch per flow (librdkafka's default is 64 MiB per consumer); a window
         // never needs more than a few MiB, and -X can raise it.
         .set("queued.max.messages.kbytes", "16384")
+        // A killed worker's partitions move after the session times out: Kafka's default of
+        // 45 s would stall them that long when the worker is restarted (or a member dies).
+        // 6 s is the broker's default minimum (group.min.session.timeout.ms); librdkafka
+        // heartbeats from its own thread every 2 s, so a busy flow does not miss them.
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "2000")
         .set("client.id", format!("ngsiflow-{}", spec.name));
     for (k, v) in settings {
         c.set(k, v);
