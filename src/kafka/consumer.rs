@@ -12,6 +12,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::FlowContext;
 use crate::pipeline::inbound::Inbound;
+use crate::pipeline::ports::{OffsetCommitter, Source};
 
 /// The consumer settings of a flow: its group, manual offset commits, the earliest offset for
 /// a new group, statistics every `stats_ms` (lag gauge), a bounded prefetch, a 6 s session
@@ -66,37 +67,6 @@ impl FlowConsumer {
     pub(crate) fn subscribe(&self) -> Result<(), KafkaError> {
         self.consumer.subscribe(&[&self.topic])
     }
-
-    /// The next record. Rebalances are served inside this call.
-    pub(crate) async fn recv(&self) -> Result<Inbound, KafkaError> {
-        self.consumer.recv().await.map(|m| inbound(&m))
-    }
-
-    /// Pauses every assigned partition (fetching stops; the group membership stays).
-    pub(crate) fn pause_all(&self) {
-        if let Ok(a) = self.consumer.assignment() {
-            let _ = self.consumer.pause(&a);
-        }
-    }
-
-    /// Resumes every assigned partition.
-    pub(crate) fn resume_all(&self) {
-        if let Ok(a) = self.consumer.assignment() {
-            let _ = self.consumer.resume(&a);
-        }
-    }
-
-    /// Commits `next offset` per partition synchronously, so a window counted as done is
-    /// durable in the group.
-    pub(crate) fn commit(&self, offsets: &BTreeMap<i32, i64>) -> Result<(), KafkaError> {
-        let mut tpl = TopicPartitionList::new();
-        for (&p, &o) in offsets {
-            tpl.add_partition_offset(&self.topic, p, Offset::Offset(o))?;
-        }
-        // block_in_place keeps the broker round trip from stalling the runtime thread's other
-        // tasks.
-        tokio::task::block_in_place(|| self.consumer.commit(&tpl, CommitMode::Sync))
-    }
 }
 
 /// Converts an rdkafka message into an [`Inbound`] (payload, key and headers copied once).
@@ -126,22 +96,43 @@ fn headers(m: &BorrowedMessage<'_>) -> Result<Vec<(String, Vec<u8>)>, String> {
     .map_err(|_| "record has a header whose name is not UTF-8".to_string())
 }
 
-impl crate::pipeline::ports::Source for FlowConsumer {
+impl Source for FlowConsumer {
+    /// The next record. Rebalances are served inside this call.
     async fn recv(&self) -> Result<Inbound, String> {
-        FlowConsumer::recv(self).await.map_err(|e| e.to_string())
+        self.consumer
+            .recv()
+            .await
+            .map(|m| inbound(&m))
+            .map_err(|e| e.to_string())
     }
 
+    /// Pauses every assigned partition (fetching stops; the group membership stays).
     fn pause_all(&self) {
-        FlowConsumer::pause_all(self)
+        if let Ok(a) = self.consumer.assignment() {
+            let _ = self.consumer.pause(&a);
+        }
     }
 
+    /// Resumes every assigned partition.
     fn resume_all(&self) {
-        FlowConsumer::resume_all(self)
+        if let Ok(a) = self.consumer.assignment() {
+            let _ = self.consumer.resume(&a);
+        }
     }
 }
 
-impl crate::pipeline::ports::OffsetCommitter for FlowConsumer {
+impl OffsetCommitter for FlowConsumer {
+    /// Commits `next offset` per partition synchronously, so a window counted as done is
+    /// durable in the group.
     fn commit(&self, offsets: &BTreeMap<i32, i64>) -> Result<(), String> {
-        FlowConsumer::commit(self, offsets).map_err(|e| e.to_string())
+        let mut tpl = TopicPartitionList::new();
+        for (&p, &o) in offsets {
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(o))
+                .map_err(|e| e.to_string())?;
+        }
+        // block_in_place keeps the broker round trip from stalling the runtime thread's other
+        // tasks.
+        tokio::task::block_in_place(|| self.consumer.commit(&tpl, CommitMode::Sync))
+            .map_err(|e| e.to_string())
     }
 }
