@@ -189,6 +189,16 @@ fn metrics(state: &AdminState, req: &Request<Incoming>) -> Resp {
             json!({"error": "NotAcceptable", "description": format!("metrics are served as {PROMETHEUS_CONTENT_TYPE}")}),
         );
     }
+    let now_ms = Utc::now().timestamp_millis();
+    for (name, s) in &state.flows {
+        let m = &state.metrics;
+        m.window_write_age
+            .with_label_values(&[name])
+            .set(s.write_age_seconds(now_ms));
+        m.broker_reachable
+            .with_label_values(&[name])
+            .set(i64::from(s.broker_problem(now_ms).is_none()));
+    }
     let mut r = Response::new(Full::new(Bytes::from(state.metrics.render())));
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -240,6 +250,12 @@ pub fn health(state: &AdminState) -> serde_json::Value {
                     "paused".into(),
                     s.paused.load(std::sync::atomic::Ordering::Relaxed).into(),
                 );
+                let now_ms = now.timestamp_millis();
+                obj.insert(
+                    "writeInProgressSeconds".into(),
+                    round6(s.write_age_seconds(now_ms)).into(),
+                );
+                obj.insert("brokerProblem".into(), s.broker_problem(now_ms).into());
             }
             v
         })
@@ -280,6 +296,8 @@ async fn ready(state: &AdminState) -> Resp {
             reasons.push(format!("flow {name} is not running"));
         } else if s.assigned() == 0 {
             reasons.push(format!("flow {name} has no partitions assigned"));
+        } else if let Some(problem) = s.broker_problem(Utc::now().timestamp_millis()) {
+            reasons.push(format!("flow {name} {problem}"));
         }
     }
     if !crate::postgis::reachable(&state.config.pg, Duration::from_secs(2)).await {

@@ -21,6 +21,7 @@ use crate::pipeline::handle::FlowHandle;
 use crate::pipeline::intake::IntakeSettings;
 use crate::pipeline::FlowProcessor;
 use crate::postgis::Sink;
+use crate::route::TableRef;
 
 /// Partitions given to topics the worker creates (input topics, dead-letter topic).
 pub const DEFAULT_TOPIC_PARTITIONS: i32 = 3;
@@ -158,9 +159,15 @@ pub async fn run(
                     srid: args.srid,
                 },
                 topic_prefix: args.topic_prefix.clone(),
+                max_message_bytes: args.max_message_bytes as usize,
             },
             consumer: subscribed(consumer, &spec.topic)?,
-            sink: Sink::new(config.pg.clone(), Duration::from_millis(args.db_timeout_ms)),
+            sink: Sink::new(
+                config.pg.clone(),
+                Duration::from_millis(args.db_timeout_ms),
+                TableRef::parse_qualified(&args.fallback_error_log)
+                    .expect("validated when the flags were parsed"),
+            ),
             dead_letters: dead_letters.clone(),
             handle,
             batch_size: args.batch_size as usize,

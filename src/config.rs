@@ -73,6 +73,16 @@ pub struct RunArgs {
     /// librdkafka statistics interval in milliseconds (feeds the consumer lag gauge).
     #[arg(long, env = "NGSIFLOW_KAFKA_STATS_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub kafka_stats_ms: u64,
+    /// Error log (`schema.table`) for bad records whose tenant has no schema, or a name
+    /// PostgreSQL cannot hold: a `fiware-service` header never creates a schema. Created with
+    /// its schema on first use; each row's error names the service.
+    #[arg(long, env = "NGSIFLOW_FALLBACK_ERROR_LOG", default_value = "ngsiflow.error_log", value_parser = parse_table)]
+    pub fallback_error_log: String,
+    /// Largest message value, in bytes, that is decoded; a larger one is a bad record (error
+    /// log row and dead-letter copy) without being parsed, so that one message cannot take
+    /// memory far beyond its size. Default 1 MiB, Kafka's default `message.max.bytes`.
+    #[arg(long, env = "NGSIFLOW_MAX_MESSAGE_BYTES", default_value_t = 1_048_576, value_parser = clap::value_parser!(u64).range(1_024..=1_073_741_824))]
+    pub max_message_bytes: u64,
     /// File holding the PostgreSQL password; it replaces any password in `--pg-url`.
     #[arg(long, env = "NGSIFLOW_PG_PASSWORD_FILE")]
     pub pg_password_file: Option<PathBuf>,
@@ -84,6 +94,10 @@ pub struct RunArgs {
     /// repeatable), e.g. `-X fetch.max.bytes=1048576`; they override the named flags.
     #[arg(short = 'X', long = "kafka-config", env = "NGSIFLOW_KAFKA_CONFIG", value_delimiter = ';', value_parser = parse_kv)]
     pub kafka_config: Vec<(String, String)>,
+}
+
+fn parse_table(s: &str) -> Result<String, String> {
+    crate::route::TableRef::parse_qualified(s).map(|_| s.to_string())
 }
 
 fn parse_pg_url(s: &str) -> Result<String, String> {

@@ -77,6 +77,13 @@ pub struct Metrics {
     pub error_log_failures: IntCounterVec,
     /// `ngsiflow_partitions_assigned{flow}`.
     pub partitions_assigned: IntGaugeVec,
+    /// `ngsiflow_window_write_age_seconds{flow}`: how long the window write in progress has
+    /// taken so far, 0 when none (set when scraped): a write held by a lock or a slow
+    /// statement shows before its timeout fires.
+    pub window_write_age: GaugeVec,
+    /// `ngsiflow_broker_reachable{flow}`: 1 when the flow's consumer heard from the broker
+    /// recently and its last commit succeeded (set when scraped; the same test as `/ready`).
+    pub broker_reachable: IntGaugeVec,
     /// `admin_http_server_requests_total{method,route,status_code}`.
     pub admin_requests: IntCounterVec,
     /// `admin_http_server_request_duration_seconds{method,route}`.
@@ -149,6 +156,12 @@ impl Metrics {
             dead_letter: counter("ngsiflow_dead_letter_total", "Copies of failed records sent to the dead-letter topic.", &["flow"]),
             error_log_failures: counter("ngsiflow_error_log_failures_total", "Error log rows that could not be written (the dead-letter copy remains).", &["flow"]),
             partitions_assigned: igauge("ngsiflow_partitions_assigned", "Partitions currently assigned to the flow's consumer.", &["flow"]),
+            window_write_age: {
+                let g = GaugeVec::new(Opts::new("ngsiflow_window_write_age_seconds", "Seconds the flush window write in progress has taken so far (0 when none)."), &["flow"]).expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            broker_reachable: igauge("ngsiflow_broker_reachable", "1 when the flow's consumer heard from the broker within 10 s and its last offset commit succeeded.", &["flow"]),
             admin_requests: counter("admin_http_server_requests_total", "Admin HTTP requests by method, route and status code.", &["method", "route", "status_code"]),
             admin_duration: histogram("admin_http_server_request_duration_seconds", "Admin HTTP request duration, in seconds.", &["method", "route"], vec![0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
             tenants: Mutex::new(HashSet::new()),
@@ -184,6 +197,8 @@ impl Metrics {
             m.dead_letter.with_label_values(&[f]);
             m.error_log_failures.with_label_values(&[f]);
             m.partitions_assigned.with_label_values(&[f]).set(0);
+            m.window_write_age.with_label_values(&[f]).set(0.0);
+            m.broker_reachable.with_label_values(&[f]).set(1);
             m.summary.lock().expect("metrics lock").insert(
                 f.clone(),
                 FlowSummary {

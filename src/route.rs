@@ -80,6 +80,24 @@ pub struct TableRef {
 }
 
 impl TableRef {
+    /// Parses `schema.table` as an operator writes it (unquoted, one dot, both parts
+    /// non-empty and at most 63 bytes).
+    ///
+    /// # Errors
+    /// A message saying what is wrong.
+    pub fn parse_qualified(s: &str) -> Result<Self, String> {
+        let (schema, table) = s
+            .split_once('.')
+            .filter(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains('.'))
+            .ok_or_else(|| format!("expected schema.table, got {s:?}"))?;
+        check_identifier(schema).map_err(|e| e.to_string())?;
+        check_identifier(table).map_err(|e| e.to_string())?;
+        Ok(Self {
+            schema: schema.to_string(),
+            table: table.to_string(),
+        })
+    }
+
     /// `"schema"."table"`, each part quoted with `"` doubled.
     pub fn quoted(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
@@ -293,6 +311,21 @@ mod tests {
             error_log_table("Acme").unwrap().quoted(),
             "\"acme\".\"acme_error_log\""
         );
+    }
+
+    #[test]
+    fn qualified_table_names() {
+        let t = TableRef::parse_qualified("ngsiflow.error_log").unwrap();
+        assert_eq!(t.quoted(), "\"ngsiflow\".\"error_log\"");
+        for bad in [
+            "error_log",
+            ".t",
+            "s.",
+            "a.b.c",
+            &format!("s.{}", "t".repeat(64)),
+        ] {
+            assert!(TableRef::parse_qualified(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -119,12 +119,59 @@ pub struct FlowStatus {
     /// Partitions revoked since the processor last looked: their uncommitted messages are
     /// dropped from the window, because their new owner re-reads them from the committed offset.
     pub revoked: std::sync::Mutex<Vec<i32>>,
+    /// Unix time in milliseconds at which the consumer last received anything from a connected
+    /// broker, from librdkafka's statistics (`brokers[].rxidle` of brokers in state `UP`,
+    /// subtracted from the time the statistics arrived); -1 when no broker connection was up.
+    /// A healthy consumer hears from the broker at every fetch long-poll (`fetch.wait.max.ms`,
+    /// 500 ms) and group heartbeat (2 s), paused or not. Statistics arrive while the flow polls
+    /// its consumer, so a flow blocked in a commit to a frozen broker shows as silent too.
+    pub broker_heard_ms: AtomicI64,
+    /// True while the last offset commit failed.
+    pub commit_failing: AtomicBool,
+    /// Unix time in milliseconds at which the window write in progress started; 0 when none.
+    /// A write held by a lock or a slow statement shows here (and in
+    /// `ngsiflow_window_write_age_seconds`) before its timeout fires.
+    pub write_started_ms: AtomicI64,
 }
+
+/// How long a flow's consumer may hear nothing from any broker before `/ready` reports that it
+/// cannot reach the broker (a frozen or partitioned broker keeps its TCP connections open, so
+/// librdkafka alone would notice only after `socket.timeout.ms`, 60 s).
+pub const BROKER_SILENCE_LIMIT_MS: i64 = 10_000;
 
 impl FlowStatus {
     /// Partitions assigned now.
     pub fn assigned(&self) -> i64 {
         self.assigned.load(Ordering::Relaxed)
+    }
+
+    /// Why the flow cannot reach the broker now (`now_ms`, unix milliseconds), if it cannot.
+    /// Not judged while a window write is in progress: the flow does not poll its consumer then,
+    /// and the write's age says why.
+    pub fn broker_problem(&self, now_ms: i64) -> Option<String> {
+        if self.write_started_ms.load(Ordering::Relaxed) != 0 {
+            return None;
+        }
+        if self.commit_failing.load(Ordering::Relaxed) {
+            return Some("cannot commit offsets".into());
+        }
+        match self.broker_heard_ms.load(Ordering::Relaxed) {
+            0 => None,
+            -1 => Some("has no broker connection up".into()),
+            t if now_ms - t > BROKER_SILENCE_LIMIT_MS => Some(format!(
+                "has heard nothing from the broker for {} s",
+                (now_ms - t) / 1000
+            )),
+            _ => None,
+        }
+    }
+
+    /// Seconds the window write in progress has taken so far (0 when none).
+    pub fn write_age_seconds(&self, now_ms: i64) -> f64 {
+        match self.write_started_ms.load(Ordering::Relaxed) {
+            0 => 0.0,
+            t => (now_ms - t).max(0) as f64 / 1000.0,
+        }
     }
 }
 
@@ -149,6 +196,14 @@ impl FlowContext {
 
 impl ClientContext for FlowContext {
     fn stats(&self, statistics: Statistics) {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let heard = statistics
+            .brokers
+            .values()
+            .filter(|b| b.state == "UP" && b.rxidle >= 0)
+            .map(|b| now_ms - b.rxidle / 1000)
+            .max();
+        self.handle.set_broker_heard(heard);
         let Ok(owned) = self.owned.lock() else {
             return;
         };

@@ -8,6 +8,8 @@
 //! its SRID whatever the column's type modifier. A malformed value is an error, never an empty
 //! point (Kafnus wrote NaN points).
 
+use std::borrow::Cow;
+
 use geozero::{geojson::GeoJson, wkt::Wkt, CoordDimensions, ToWkb};
 use serde_json::Value as Json;
 
@@ -99,18 +101,20 @@ fn geojson_to_ewkb(value: &Json, srid: i32) -> Result<Vec<u8>, String> {
                 .ok_or("GeometryCollection without geometries")?;
             let mut max = 2;
             for g in parts {
-                max = max.max(check_coordinates(
-                    g.get("coordinates").ok_or("geometry without coordinates")?,
-                )?);
+                let kind = g.get("type").and_then(Json::as_str).unwrap_or_default();
+                let coords = g.get("coordinates").ok_or("geometry without coordinates")?;
+                max = max.max(check_coordinates(coords)?);
+                check_shape(kind, coords)?;
             }
             max
         }
         "Point" | "MultiPoint" | "LineString" | "MultiLineString" | "Polygon" | "MultiPolygon" => {
-            check_coordinates(
-                geometry
-                    .get("coordinates")
-                    .ok_or("geometry without coordinates")?,
-            )?
+            let coords = geometry
+                .get("coordinates")
+                .ok_or("geometry without coordinates")?;
+            let dims = check_coordinates(coords)?;
+            check_shape(kind, coords)?;
+            dims
         }
         other => return Err(format!("unsupported GeoJSON type {other:?}")),
     };
@@ -126,10 +130,10 @@ fn geojson_to_ewkb(value: &Json, srid: i32) -> Result<Vec<u8>, String> {
 }
 
 /// Feature → its geometry; FeatureCollection → its only geometry, or a GeometryCollection.
-fn unwrap_feature(value: &Json) -> Result<Json, String> {
+fn unwrap_feature(value: &Json) -> Result<Cow<'_, Json>, String> {
     match value.get("type").and_then(Json::as_str) {
         Some("Feature") => match value.get("geometry") {
-            Some(g) if g.is_object() => Ok(g.clone()),
+            Some(g) if g.is_object() => Ok(Cow::Borrowed(g)),
             _ => Err("Feature without a geometry".into()),
         },
         Some("FeatureCollection") => {
@@ -144,11 +148,56 @@ fn unwrap_feature(value: &Json) -> Result<Json, String> {
             match geoms.len() {
                 0 => Err("FeatureCollection with no features".into()),
                 1 => Ok(geoms.remove(0)),
-                _ => Ok(serde_json::json!({"type": "GeometryCollection", "geometries": geoms})),
+                _ => {
+                    let geoms: Vec<Json> = geoms.into_iter().map(Cow::into_owned).collect();
+                    Ok(Cow::Owned(
+                        serde_json::json!({"type": "GeometryCollection", "geometries": geoms}),
+                    ))
+                }
             }
         }
-        Some(_) => Ok(value.clone()),
+        Some(_) => Ok(Cow::Borrowed(value)),
         None => Err("value is not a GeoJSON object".into()),
+    }
+}
+
+/// Checks what RFC 7946 §3.1 requires of a geometry's shape beyond its positions: a LineString
+/// has at least 2 positions, and every Polygon ring (linear ring) at least 4 with the last equal
+/// to the first. PostGIS would store such a value as an invalid geometry without complaint.
+/// Positions are already checked ([`check_coordinates`]).
+fn check_shape(kind: &str, coords: &Json) -> Result<(), String> {
+    fn list(c: &Json) -> &[Json] {
+        c.as_array().map(Vec::as_slice).unwrap_or_default()
+    }
+    fn line(c: &Json) -> Result<(), String> {
+        let n = list(c).len();
+        if n < 2 {
+            return Err(format!("a LineString needs at least 2 positions, got {n}"));
+        }
+        Ok(())
+    }
+    fn ring(c: &Json) -> Result<(), String> {
+        let pts = list(c);
+        if pts.len() < 4 {
+            return Err(format!(
+                "a Polygon ring needs at least 4 positions, got {}",
+                pts.len()
+            ));
+        }
+        if pts.first() != pts.last() {
+            return Err("Polygon ring is not closed (first position != last position)".into());
+        }
+        Ok(())
+    }
+    fn polygon(c: &Json) -> Result<(), String> {
+        list(c).iter().try_for_each(ring)
+    }
+    match kind {
+        "LineString" => line(coords),
+        "MultiLineString" => list(coords).iter().try_for_each(line),
+        "Polygon" => polygon(coords),
+        "MultiPolygon" => list(coords).iter().try_for_each(polygon),
+        _ => Ok(()),
     }
 }
 
@@ -355,6 +404,27 @@ mod tests {
             ("geo:json", json!({"type": "Feature", "geometry": null})),
             ("geo:json", json!("POINT(1 2)")),
             ("geo:circle", json!("1, 2")),
+            // Shapes RFC 7946 forbids, which PostGIS would store as invalid geometries.
+            (
+                "geo:json",
+                json!({"type": "Polygon", "coordinates": [[[0, 0], [0, 1], [1, 1], [1, 0]]]}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "Polygon", "coordinates": [[[0, 0], [0, 1]]]}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "MultiPolygon", "coordinates": [[[[0, 0], [0, 1], [1, 1], [0, 0]]], [[[5, 5], [5, 6], [6, 6]]]]}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "Feature", "geometry": {"type": "LineString", "coordinates": [[0, 0]]}}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "GeometryCollection", "geometries": [{"type": "Polygon", "coordinates": [[[0, 0], [0, 1], [1, 1], [1, 0]]]}]}),
+            ),
         ];
         for (ty, value) in cases {
             assert!(

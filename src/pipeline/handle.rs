@@ -117,6 +117,26 @@ impl FlowHandle {
             .set(i64::from(paused));
     }
 
+    /// When (unix ms) a broker was last heard from (`None`: no connection up).
+    pub(crate) fn set_broker_heard(&self, at_ms: Option<i64>) {
+        self.status
+            .broker_heard_ms
+            .store(at_ms.unwrap_or(-1), Ordering::Relaxed);
+    }
+
+    /// Whether the last offset commit failed (`/ready`).
+    pub(crate) fn set_commit_failing(&self, failing: bool) {
+        self.status.commit_failing.store(failing, Ordering::Relaxed);
+    }
+
+    /// A window write started (`Some(unix ms)`) or ended (`None`): `/health` and
+    /// `ngsiflow_window_write_age_seconds` show a write held by a lock or a slow statement.
+    pub(crate) fn set_write_started(&self, at_ms: Option<i64>) {
+        self.status
+            .write_started_ms
+            .store(at_ms.unwrap_or(0), Ordering::Relaxed);
+    }
+
     /// `n` records ended as `outcome`.
     pub(crate) fn records(&self, outcome: Outcome, n: u64) {
         self.metrics.records(&self.flow, outcome.label(), n);

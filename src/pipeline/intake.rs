@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use crate::flow::transform::{connect_error, transform, TransformOptions};
 use crate::flow::{FlowKind, FlowSpec};
 use crate::ngsi::{decode, NgsiHeaders, DEFAULT_SERVICE};
-use crate::postgis::{self, ErrorLogRow, WriteItem, MAX_QUERY_CHARS};
-use crate::route::{error_log_table, sanitize, TableRef};
+use crate::postgis::{self, ErrorLogRow, RecordOrigin, WriteItem, MAX_QUERY_CHARS};
+use crate::route::{sanitize, TableRef};
 
 use super::inbound::Inbound;
 use super::window::Decoded;
@@ -25,21 +25,41 @@ pub(crate) struct IntakeSettings {
     pub(crate) transform: TransformOptions,
     /// Topic prefix (the `errors` flow strips it from Connect topic names).
     pub(crate) topic_prefix: String,
+    /// Largest value decoded; a larger message is a bad record, never parsed.
+    pub(crate) max_message_bytes: usize,
 }
 
 /// Decodes `record`, received at `now`, into its window entry.
 pub(crate) fn intake(settings: &IntakeSettings, record: &Inbound, now: DateTime<Utc>) -> Decoded {
+    let origin = RecordOrigin {
+        partition: record.partition,
+        offset: record.offset,
+    };
+    let at = Logged {
+        spec: &settings.spec,
+        origin,
+        now,
+    };
     let pairs = match record.header_pairs() {
         Ok(p) => p,
-        Err(e) => return whole_message_failure(DEFAULT_SERVICE.to_string(), None, record, e, now),
+        Err(e) => return whole_message_failure(DEFAULT_SERVICE.to_string(), None, record, e, at),
     };
+    let size = record.payload.as_ref().map_or(0, Vec::len);
+    if size > settings.max_message_bytes {
+        let h = NgsiHeaders::from_pairs(pairs.iter().copied());
+        let e = format!(
+            "message of {size} bytes exceeds the maximum of {} bytes (--max-message-bytes)",
+            settings.max_message_bytes
+        );
+        return whole_message_failure(h.service, h.correlator, record, e, at);
+    }
     if settings.spec.kind == FlowKind::ConnectErrors {
-        return connect_dead_letter(settings, &pairs, record, now);
+        return connect_dead_letter(settings, &pairs, record, at);
     }
     match decode(record.payload.as_deref(), &pairs) {
         Err(e) => {
             let h = NgsiHeaders::from_pairs(pairs.iter().copied());
-            whole_message_failure(h.service, h.correlator, record, e.to_string(), now)
+            whole_message_failure(h.service, h.correlator, record, e.to_string(), at)
         }
         Ok(n) => {
             let mut out = Decoded {
@@ -47,13 +67,14 @@ pub(crate) fn intake(settings: &IntakeSettings, record: &Inbound, now: DateTime<
                 correlator: n.headers.correlator.clone(),
                 ..Decoded::default()
             };
-            let log = error_log_table(&out.service).ok().map(Arc::new);
+            let service: Arc<str> = Arc::from(out.service.as_str());
             for r in transform(&settings.spec, n, now, &settings.transform) {
                 out.records += 1;
                 match r {
                     Ok(op) => out.items.push(WriteItem {
                         op,
-                        error_log: log.clone(),
+                        service: service.clone(),
+                        origin,
                         source: 0,
                     }),
                     Err(e) => {
@@ -62,7 +83,7 @@ pub(crate) fn intake(settings: &IntakeSettings, record: &Inbound, now: DateTime<
                             table: "unknown_table".into(),
                         });
                         let query = postgis::untyped_insert(&target, &e.columns);
-                        bad_record(&mut out, e.entity_index, e.message, Some(query), now);
+                        bad_record(&mut out, e.entity_index, e.message, Some(query), at);
                     }
                 }
             }
@@ -71,19 +92,39 @@ pub(crate) fn intake(settings: &IntakeSettings, record: &Inbound, now: DateTime<
     }
 }
 
-/// The one path for a bad record found before the database: an error-log row in its tenant's
-/// error log (when that table name is valid) and a failure, which becomes its dead-letter copy.
+/// What an error-log row found by intake needs besides the error: the flow, the record's
+/// origin and the failure time.
+#[derive(Clone, Copy)]
+struct Logged<'a> {
+    spec: &'a FlowSpec,
+    origin: RecordOrigin,
+    now: DateTime<Utc>,
+}
+
+impl Logged<'_> {
+    fn row(
+        &self,
+        service: &str,
+        entity: Option<usize>,
+        error: String,
+        query: Option<String>,
+    ) -> ErrorLogRow {
+        let key = self.origin.error_key(self.spec, entity);
+        ErrorLogRow::new(service, self.now, error, query, key)
+    }
+}
+
+/// The one path for a bad record found before the database: an error-log row (in its tenant's
+/// error log, or the fallback one) and a failure, which becomes its dead-letter copy.
 fn bad_record(
     out: &mut Decoded,
     entity_index: Option<usize>,
     error: String,
     query: Option<String>,
-    now: DateTime<Utc>,
+    at: Logged<'_>,
 ) {
-    if let Ok(table) = error_log_table(&out.service) {
-        out.error_rows
-            .push((ErrorLogRow::new(table, now, error.clone(), query), false));
-    }
+    let row = at.row(&out.service, entity_index, error.clone(), query);
+    out.error_rows.push((row, false));
     out.failures.push((entity_index, error));
 }
 
@@ -93,7 +134,7 @@ fn whole_message_failure(
     correlator: Option<String>,
     record: &Inbound,
     error: String,
-    now: DateTime<Utc>,
+    at: Logged<'_>,
 ) -> Decoded {
     let mut out = Decoded {
         service,
@@ -105,7 +146,7 @@ fn whole_message_failure(
         .payload
         .as_deref()
         .map(|p| postgis::truncate(String::from_utf8_lossy(p).to_string(), MAX_QUERY_CHARS));
-    bad_record(&mut out, None, error, raw, now);
+    bad_record(&mut out, None, error, raw, at);
     out
 }
 
@@ -114,25 +155,15 @@ fn connect_dead_letter(
     settings: &IntakeSettings,
     pairs: &[(&str, &[u8])],
     record: &Inbound,
-    now: DateTime<Utc>,
+    at: Logged<'_>,
 ) -> Decoded {
     let ce = connect_error(pairs, record.payload.as_deref(), &settings.topic_prefix);
-    let mut out = Decoded {
+    let query = ce.query.map(|q| postgis::truncate(q, MAX_QUERY_CHARS));
+    let row = at.row(&ce.service, None, ce.error, query);
+    Decoded {
         records: 1,
+        service: ce.service,
+        error_rows: vec![(row, true)],
         ..Decoded::default()
-    };
-    match error_log_table(&ce.service) {
-        Ok(table) => out.error_rows.push((
-            ErrorLogRow::new(
-                table,
-                now,
-                ce.error,
-                ce.query.map(|q| postgis::truncate(q, MAX_QUERY_CHARS)),
-            ),
-            true,
-        )),
-        Err(e) => out.failures.push((None, e.to_string())),
     }
-    out.service = ce.service;
-    out
 }

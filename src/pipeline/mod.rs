@@ -197,7 +197,7 @@ where
         for f in &outcome.error_log_failures {
             tracing::error!(flow, table = ?f.table.quoted(), error = ?f.error, rows = f.rows, "cannot write error log; dead-letter copies only");
             self.handle.error_log_failures(f.rows);
-            window.fail_error_rows_of(&f.table, &f.error);
+            window.fail_error_rows(&f.sources, &f.error);
         }
         window.set_written(outcome);
     }
@@ -225,11 +225,13 @@ where
 
     /// Commits, per partition, the offset after the window's last message.
     fn commit(&self, window: &FlushWindow) {
-        if let Err(e) = self.consumer.commit(&window.commit_offsets()) {
+        let result = self.consumer.commit(&window.commit_offsets());
+        if let Err(e) = &result {
             // After a rebalance the partition may belong to another member, which re-reads
             // from the last committed offset: at least once still holds.
             tracing::warn!(flow = %self.flow(), error = %e, "offset commit failed");
         }
+        self.handle.set_commit_failing(result.is_err());
     }
 
     /// Logs and counts a committed window.
@@ -278,6 +280,8 @@ where
             .build();
         let error_rows = window.error_rows();
         let mut paused = false;
+        self.handle
+            .set_write_started(Some(Utc::now().timestamp_millis()));
         let result = loop {
             let attempt = Instant::now();
             let w = WindowWrite {
@@ -307,6 +311,7 @@ where
                 break stop;
             }
         };
+        self.handle.set_write_started(None);
         if paused {
             self.set_paused(false);
             if matches!(result, Retry::Written(_)) {

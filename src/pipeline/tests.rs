@@ -100,14 +100,13 @@ impl WindowSink for FakeSink {
                     query: String::new(),
                     from_database: true,
                 };
-                if let Some(t) = &item.error_log {
-                    rows.push(ErrorLogRow {
-                        table: (**t).clone(),
-                        timestamp: now,
-                        error: f.error.clone(),
-                        query: None,
-                    });
-                }
+                rows.push(ErrorLogRow::new(
+                    &item.service,
+                    now,
+                    f.error.clone(),
+                    None,
+                    String::new(),
+                ));
                 out.failures.push(f);
             } else if self.stored.contains(&id) {
                 out.duplicate_replayed += 1;
@@ -174,6 +173,7 @@ fn flow_loop<D>(
             spec: crate::flow::shipped_flow("historic"),
             transform: TransformOptions::default(),
             topic_prefix: String::new(),
+            max_message_bytes: 1 << 20,
         },
         consumer,
         sink,

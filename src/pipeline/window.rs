@@ -209,17 +209,13 @@ impl FlushWindow {
         self.fail(message, entity_index, error);
     }
 
-    /// The error log `table` could not be written: the records that *are* rows of it (the
-    /// `errors` flow) fail with `error`; returns how many did.
-    pub(crate) fn fail_error_rows_of(
-        &mut self,
-        table: &crate::route::TableRef,
-        error: &str,
-    ) -> u64 {
+    /// Error-log rows keyed `sources` could not be written because of `error`: the records
+    /// that *are* such rows (the `errors` flow) fail; returns how many did.
+    pub(crate) fn fail_error_rows(&mut self, sources: &[String], error: &str) -> u64 {
         let hit: Vec<MessageId> = self
             .error_rows
             .iter()
-            .filter(|r| r.is_record && &r.row.table == table)
+            .filter(|r| r.is_record && sources.contains(&r.row.source))
             .map(|r| r.message)
             .collect();
         for &m in &hit {
@@ -324,6 +320,7 @@ mod tests {
             spec: shipped_flow(flow),
             transform: TransformOptions::default(),
             topic_prefix: String::new(),
+            max_message_bytes: 1 << 20,
         }
     }
 
@@ -363,10 +360,11 @@ mod tests {
         assert_eq!(w.failures()[0].message, MessageId(1));
         assert!(w.message(MessageId(1)).failed);
         assert_eq!(w.error_rows().len(), 1);
-        assert_eq!(
-            w.error_rows()[0].table.quoted(),
-            "\"demo\".\"demo_error_log\""
-        );
+        // The bad message's row is keyed by flow, topic, partition, offset and "-" (the whole
+        // message), so a replay of it is logged once.
+        let row = &w.error_rows()[0];
+        assert_eq!(row.service, "demo");
+        assert_eq!(row.source, "historic:raw_historic/1/7/-");
         assert_eq!(
             w.commit_offsets().into_iter().collect::<Vec<_>>(),
             [(0, 12), (1, 8), (2, 4)]
@@ -465,8 +463,13 @@ mod tests {
         assert!(w.items().is_empty());
         assert_eq!(w.error_rows().len(), 3);
         assert_eq!(w.written_record_rows(), 3);
-        let acme = w.error_rows()[0].table.clone();
-        assert_eq!(w.fail_error_rows_of(&acme, "no such table"), 2);
+        let acme: Vec<String> = w
+            .error_rows()
+            .iter()
+            .filter(|r| r.service == "acme")
+            .map(|r| r.source.clone())
+            .collect();
+        assert_eq!(w.fail_error_rows(&acme, "no such table"), 2);
         assert_eq!(w.written_record_rows(), 1);
         assert_eq!(w.failures().len(), 2);
         assert!(w.failures()[0].error.contains("no such table"));

@@ -93,7 +93,7 @@ pub fn is_lost_prepared_statement(e: &tokio_postgres::Error) -> bool {
 /// flows created the same schema at once: the catalog's unique index), 42P01 or 3F000 (the
 /// table or schema was dropped since it was created).
 pub fn is_error_log_recreatable(e: &tokio_postgres::Error) -> bool {
-    sqlstate(e).is_some_and(|c| matches!(c, "23505" | "42P01" | "3F000"))
+    sqlstate(e).is_some_and(|c| matches!(c, "23505" | "42P01" | "3F000" | "42703" | "42P10"))
 }
 
 fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {

@@ -20,7 +20,7 @@ pub(crate) mod sql;
 pub mod tls;
 pub(crate) mod writer;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +32,7 @@ use crate::flow::FlowSpec;
 use crate::route::TableRef;
 pub use connection::{check, reachable};
 use error::describe;
+use error_log::ErrorLogs;
 use meta::MetaCache;
 pub use readable::{truncate, untyped_insert, untyped_query, MAX_QUERY_CHARS};
 pub use tls::PgEndpoint;
@@ -42,14 +43,39 @@ use writer::Writer;
 #[error("transient database error: {0}")]
 pub struct TransientError(pub String);
 
-/// A row operation plus where its error, if any, is logged.
+/// Where a record was read: its Kafka partition and offset (the topic is the flow's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RecordOrigin {
+    /// Partition of the flow's topic.
+    pub partition: i32,
+    /// Offset in that partition.
+    pub offset: i64,
+}
+
+impl RecordOrigin {
+    /// The key of one record's error-log row: `<flow>:<topic>/<partition>/<offset>/<entity>`,
+    /// `entity` being the index in the notification's `data` or `-` for the whole message.
+    /// It is unique per record, so a record re-read after a crash is logged once (the error
+    /// log's `source` column has a unique index and rows are inserted `ON CONFLICT DO NOTHING`).
+    pub fn error_key(self, spec: &FlowSpec, entity: Option<usize>) -> String {
+        let entity = entity.map_or_else(|| "-".to_string(), |e| e.to_string());
+        format!(
+            "{}:{}/{}/{}/{}",
+            spec.name, spec.topic, self.partition, self.offset, entity
+        )
+    }
+}
+
+/// A row operation plus where it came from (for its error-log row, if it fails).
 #[derive(Debug, Clone)]
 pub struct WriteItem {
     /// The operation from transform.
     pub op: RowOp,
-    /// The tenant's error log (shared by the message's records); `None` when its name is
-    /// invalid (the dead letter remains).
-    pub error_log: Option<Arc<TableRef>>,
+    /// The record's tenant (`fiware-service`, shared by the message's records): its error log
+    /// is `<svc>.<svc>_error_log` when that schema exists, else the fallback error log.
+    pub service: Arc<str>,
+    /// Where the record was read.
+    pub origin: RecordOrigin,
     /// The caller's reference to where the item came from (the pipeline's message id); the
     /// sink never reads it.
     pub source: u32,
@@ -69,34 +95,40 @@ pub struct WindowWrite<'a> {
     pub now: DateTime<Utc>,
 }
 
-/// An error log row to write in the window's transaction.
+/// An error log row to write in the window's transaction. Its table is the tenant's
+/// `<svc>.<svc>_error_log` when the schema `<svc>` exists, else the fallback error log (see
+/// [`Sink::new`]): a `fiware-service` header never creates a schema.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorLogRow {
-    /// `<svc>.<svc>_error_log`.
-    pub table: TableRef,
+    /// The tenant (`fiware-service`, normalised) the record belongs to.
+    pub service: String,
     /// Failure time.
     pub timestamp: DateTime<Utc>,
     /// Error text.
     pub error: String,
     /// Readable statement.
     pub query: Option<String>,
+    /// The record's key ([`RecordOrigin::error_key`]), stored in the `source` column.
+    pub source: String,
 }
 
 impl ErrorLogRow {
     /// The error-log row of a bad record, whatever found it (decode, transform, PostgreSQL, or a
     /// Kafka Connect dead letter): `error` as reported, `query` the readable statement or the
-    /// record's text, both already cut to their limits.
+    /// record's text, both already cut to their limits; `source` its key.
     pub fn new(
-        table: TableRef,
+        service: &str,
         timestamp: DateTime<Utc>,
         error: String,
         query: Option<String>,
+        source: String,
     ) -> Self {
         Self {
-            table,
+            service: service.to_string(),
             timestamp,
             error,
             query,
+            source,
         }
     }
 }
@@ -110,6 +142,8 @@ pub struct ErrorLogFailure {
     pub error: String,
     /// Rows that were to go there.
     pub rows: u64,
+    /// Their keys ([`ErrorLogRow::source`]).
+    pub sources: Vec<String>,
 }
 
 /// A write item that failed permanently.
@@ -152,7 +186,7 @@ pub struct Sink {
     client: Option<Client>,
     meta: MetaCache,
     statements: HashMap<String, Statement>,
-    ensured_error_logs: HashSet<TableRef>,
+    error_logs: ErrorLogs,
     connect_timeout: Duration,
     window_timeout: Duration,
 }
@@ -161,13 +195,19 @@ impl Sink {
     /// A sink for `endpoint`; connects lazily. A window's transaction that takes longer than
     /// `window_timeout` is abandoned as a transient failure (its connection is dropped, so the
     /// server rolls it back): a half-open connection or a lock wait never hangs the flow.
-    pub fn new(endpoint: PgEndpoint, window_timeout: Duration) -> Self {
+    /// Error-log rows of tenants without a schema (or with a name PostgreSQL cannot hold) go to
+    /// `fallback_error_log`, created with its schema on first use.
+    pub fn new(
+        endpoint: PgEndpoint,
+        window_timeout: Duration,
+        fallback_error_log: TableRef,
+    ) -> Self {
         Self {
             endpoint,
             client: None,
             meta: MetaCache::default(),
             statements: HashMap::new(),
-            ensured_error_logs: HashSet::new(),
+            error_logs: ErrorLogs::new(fallback_error_log),
             connect_timeout: Duration::from_secs(10),
             window_timeout,
         }
@@ -232,7 +272,7 @@ impl Sink {
             client,
             meta,
             statements,
-            ensured_error_logs,
+            error_logs,
             ..
         } = self;
         let client = client
@@ -250,21 +290,20 @@ impl Sink {
         for group in plan::plan(spec, items) {
             let failures = w.write_group(&mut tx, items, &group).await?;
             for f in failures {
-                if let Some(table) = &items[f.item].error_log {
-                    log_rows.push(ErrorLogRow::new(
-                        TableRef::clone(table),
-                        now,
-                        f.error.clone(),
-                        Some(f.query.clone()),
-                    ));
-                }
+                let item = &items[f.item];
+                log_rows.push(ErrorLogRow::new(
+                    &item.service,
+                    now,
+                    f.error.clone(),
+                    Some(f.query.clone()),
+                    item.origin.error_key(spec, Some(item.op.entity_index)),
+                ));
                 w.out.failures.push(f);
             }
         }
-        let created =
-            error_log::write_error_logs(&mut tx, ensured_error_logs, &log_rows, &mut out).await?;
+        let created = error_logs.write(&mut tx, &log_rows, &mut out).await?;
         tx.commit().await.map_err(transient)?;
-        ensured_error_logs.extend(created);
+        error_logs.confirm(created);
         Ok(out)
     }
 }

@@ -110,7 +110,8 @@ mod tests {
                 columns,
                 entity_index: 0,
             },
-            error_log: None,
+            service: "s".into(),
+            origin: Default::default(),
         }
     }
 

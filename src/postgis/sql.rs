@@ -159,23 +159,56 @@ pub fn delete_statement(table: &TableRef) -> String {
     )
 }
 
-/// Creates the tenant's schema and error log table when missing (`timestamp`, `error`,
-/// `query`: the columns Kafnus's error log has).
-pub fn create_error_log(table: &TableRef) -> String {
+/// Creates an error log table when missing, with the columns Kafnus's error log has
+/// (`timestamp`, `error`, `query`) and `source`, the record's key, under a unique index; a table
+/// created before `source` existed gains the column (its old rows keep NULL, which never
+/// conflicts). `with_schema` also creates the schema (the fallback error log only: a tenant's
+/// table is created only in a schema that exists).
+pub fn create_error_log(table: &TableRef, with_schema: bool) -> String {
+    let schema = if with_schema {
+        format!(
+            "CREATE SCHEMA IF NOT EXISTS {}; ",
+            quote_ident(&table.schema)
+        )
+    } else {
+        String::new()
+    };
+    let t = table.quoted();
     format!(
-        "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {} (\"timestamp\" timestamptz NOT NULL, error text NOT NULL, query text)",
-        quote_ident(&table.schema),
+        "{schema}CREATE TABLE IF NOT EXISTS {t} (\"timestamp\" timestamptz NOT NULL, error text NOT NULL, query text, source text); \
+         ALTER TABLE {t} ADD COLUMN IF NOT EXISTS source text; \
+         CREATE UNIQUE INDEX IF NOT EXISTS {} ON {t} (source)",
+        quote_ident(&source_index_name(&table.table))
+    )
+}
+
+/// The error log's unique index on `source`: `<table>_source_key`, or for a name that would
+/// pass PostgreSQL's 63-byte limit (and be truncated, possibly onto another table's index) a
+/// name made unique by a hash of the table name.
+fn source_index_name(table: &str) -> String {
+    let name = format!("{table}_source_key");
+    if name.len() <= 63 {
+        return name;
+    }
+    // FNV-1a: stable across Rust releases, unlike the standard hasher.
+    let hash = table.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("error_log_{hash:016x}_source_key")
+}
+
+/// Inserts error log rows, skipping any whose `source` is already stored (a replayed record):
+/// parameters `timestamptz[]`, `text[]`, `text[]`, `text[]`.
+pub fn insert_error_log(table: &TableRef) -> String {
+    format!(
+        "INSERT INTO {} (\"timestamp\", error, query, source) SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[]) ON CONFLICT (source) DO NOTHING",
         table.quoted()
     )
 }
 
-/// Inserts error log rows: parameters `timestamptz[]`, `text[]`, `text[]`.
-pub fn insert_error_log(table: &TableRef) -> String {
-    format!(
-        "INSERT INTO {} (\"timestamp\", error, query) SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[])",
-        table.quoted()
-    )
-}
+/// Which of the schema names in `$1::text[]` exist (one row per existing name).
+pub const EXISTING_SCHEMAS: &str =
+    "SELECT n.nspname::text FROM pg_namespace n WHERE n.nspname = ANY($1::text[])";
 
 /// A value as it appears in a readable statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,6 +302,31 @@ mod tests {
         assert!(write_statement(&t(), &COLS, WriteMode::Upsert, &["entityid".into(), "timeinstant".into()], false)
             .ends_with("ON CONFLICT (\"entityid\", \"timeinstant\") DO UPDATE SET \"temp\" = EXCLUDED.\"temp\" RETURNING 1"));
         assert!(!write_statement(&t(), &COLS, WriteMode::Insert, &[], true).contains("CONFLICT"));
+    }
+
+    #[test]
+    fn error_log_statements() {
+        let e = TableRef {
+            schema: "acme".into(),
+            table: "acme_error_log".into(),
+        };
+        assert_eq!(
+            create_error_log(&e, false),
+            "CREATE TABLE IF NOT EXISTS \"acme\".\"acme_error_log\" (\"timestamp\" timestamptz NOT NULL, error text NOT NULL, query text, source text); \
+             ALTER TABLE \"acme\".\"acme_error_log\" ADD COLUMN IF NOT EXISTS source text; \
+             CREATE UNIQUE INDEX IF NOT EXISTS \"acme_error_log_source_key\" ON \"acme\".\"acme_error_log\" (source)"
+        );
+        assert!(create_error_log(&e, true)
+            .starts_with("CREATE SCHEMA IF NOT EXISTS \"acme\"; CREATE TABLE"));
+        assert_eq!(
+            insert_error_log(&e),
+            "INSERT INTO \"acme\".\"acme_error_log\" (\"timestamp\", error, query, source) SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[]) ON CONFLICT (source) DO NOTHING"
+        );
+        // An index name PostgreSQL would truncate gets a hashed one: two long table names that
+        // share their first 63 bytes must not share an index.
+        let a = source_index_name(&format!("{}_a_error_log", "x".repeat(50)));
+        let b = source_index_name(&format!("{}_b_error_log", "x".repeat(50)));
+        assert!(a.len() <= 63 && b.len() <= 63 && a != b, "{a} {b}");
     }
 
     #[test]

@@ -437,11 +437,38 @@ impl TestDb {
     }
 
     pub async fn error_rows(&self, service: &str) -> Vec<(String, String)> {
+        self.table_rows(&format!("{service}.{service}_error_log"))
+            .await
+    }
+
+    /// `(error, query)` of an error log table, oldest first (empty when it does not exist).
+    pub async fn table_rows(&self, table: &str) -> Vec<(String, String)> {
         self.client
-            .query(&format!("SELECT error, coalesce(query, '') FROM {service}.{service}_error_log ORDER BY \"timestamp\""), &[])
+            .query(
+                &format!(
+                    "SELECT error, coalesce(query, '') FROM {table} ORDER BY \"timestamp\", source"
+                ),
+                &[],
+            )
             .await
             .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
             .unwrap_or_default()
+    }
+
+    pub async fn wait_table_rows(
+        &self,
+        table: &str,
+        want: usize,
+        timeout: Duration,
+    ) -> Vec<(String, String)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let rows = self.table_rows(table).await;
+            if rows.len() >= want || Instant::now() > deadline {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn wait_error_rows(
@@ -450,14 +477,8 @@ impl TestDb {
         want: usize,
         timeout: Duration,
     ) -> Vec<(String, String)> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let rows = self.error_rows(service).await;
-            if rows.len() >= want || Instant::now() > deadline {
-                return rows;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let table = format!("{service}.{service}_error_log");
+        self.wait_table_rows(&table, want, timeout).await
     }
 }
 
@@ -683,6 +704,27 @@ impl TestProducer {
         let mut r: FutureRecord<'_, (), str> = FutureRecord::to(topic).payload(value).headers(h);
         if let Some(p) = partition {
             r = r.partition(p);
+        }
+        self.producer
+            .send(r, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+    }
+
+    /// Sends raw bytes: header values and the value need not be UTF-8; `None` sends a
+    /// record without a value.
+    pub async fn send_bytes(&self, topic: &str, headers: &[(&str, &[u8])], value: Option<&[u8]>) {
+        let mut h = OwnedHeaders::new();
+        for (k, v) in headers {
+            h = h.insert(Header {
+                key: k,
+                value: Some(*v),
+            });
+        }
+        let mut r: FutureRecord<'_, (), [u8]> = FutureRecord::to(topic).headers(h);
+        if let Some(v) = value {
+            r = r.payload(v);
         }
         self.producer
             .send(r, Duration::from_secs(30))
