@@ -294,9 +294,12 @@ async fn ready(state: &AdminState) -> Resp {
     for (name, s) in &state.flows {
         if !s.running.load(std::sync::atomic::Ordering::Relaxed) {
             reasons.push(format!("flow {name} is not running"));
-        } else if s.assigned() == 0 {
+            continue;
+        }
+        if s.assigned() == 0 {
             reasons.push(format!("flow {name} has no partitions assigned"));
-        } else if let Some(problem) = s.broker_problem(Utc::now().timestamp_millis()) {
+        }
+        if let Some(problem) = s.broker_problem(Utc::now().timestamp_millis()) {
             reasons.push(format!("flow {name} {problem}"));
         }
     }

@@ -167,12 +167,14 @@ pub async fn run(
                 Duration::from_millis(args.db_timeout_ms),
                 TableRef::parse_qualified(&args.fallback_error_log)
                     .expect("validated when the flags were parsed"),
+                Duration::from_millis(args.lock_timeout_ms),
             ),
             dead_letters: dead_letters.clone(),
             handle,
             batch_size: args.batch_size as usize,
             linger: Duration::from_millis(args.linger_ms),
             max_backoff: Duration::from_millis(args.retry_max_backoff_ms),
+            locked: Default::default(),
         });
     }
 

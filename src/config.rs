@@ -70,6 +70,11 @@ pub struct RunArgs {
     /// abandoned and retried as a transient failure.
     #[arg(long, env = "NGSIFLOW_DB_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1_000..=3_600_000))]
     pub db_timeout_ms: u64,
+    /// PostgreSQL `lock_timeout`, in milliseconds, of the worker's connections: a table whose
+    /// lock another session holds longer is set aside (its records wait, offsets uncommitted)
+    /// while the flow writes its other tables, and is retried after 1, 2, 4, then every 8 s.
+    #[arg(long, env = "NGSIFLOW_LOCK_TIMEOUT_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub lock_timeout_ms: u64,
     /// librdkafka statistics interval in milliseconds (feeds the consumer lag gauge).
     #[arg(long, env = "NGSIFLOW_KAFKA_STATS_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub kafka_stats_ms: u64,

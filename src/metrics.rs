@@ -81,6 +81,11 @@ pub struct Metrics {
     /// taken so far, 0 when none (set when scraped): a write held by a lock or a slow
     /// statement shows before its timeout fires.
     pub window_write_age: GaugeVec,
+    /// `ngsiflow_deferred_records{flow}`: records waiting for a table another session holds
+    /// locked (their offsets are not committed yet).
+    pub deferred_records: IntGaugeVec,
+    /// `ngsiflow_locked_tables{flow}`: tables found locked by another session.
+    pub locked_tables: IntGaugeVec,
     /// `ngsiflow_broker_reachable{flow}`: 1 when the flow's consumer heard from the broker
     /// recently and its last commit succeeded (set when scraped; the same test as `/ready`).
     pub broker_reachable: IntGaugeVec,
@@ -161,6 +166,8 @@ impl Metrics {
                 registry.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
+            deferred_records: igauge("ngsiflow_deferred_records", "Records waiting for a table another session holds locked (offsets not committed yet).", &["flow"]),
+            locked_tables: igauge("ngsiflow_locked_tables", "Tables found locked by another session, retried with backoff.", &["flow"]),
             broker_reachable: igauge("ngsiflow_broker_reachable", "1 when the flow's consumer heard from the broker within 10 s and its last offset commit succeeded.", &["flow"]),
             admin_requests: counter("admin_http_server_requests_total", "Admin HTTP requests by method, route and status code.", &["method", "route", "status_code"]),
             admin_duration: histogram("admin_http_server_request_duration_seconds", "Admin HTTP request duration, in seconds.", &["method", "route"], vec![0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
@@ -199,6 +206,8 @@ impl Metrics {
             m.partitions_assigned.with_label_values(&[f]).set(0);
             m.window_write_age.with_label_values(&[f]).set(0.0);
             m.broker_reachable.with_label_values(&[f]).set(1);
+            m.deferred_records.with_label_values(&[f]).set(0);
+            m.locked_tables.with_label_values(&[f]).set(0);
             m.summary.lock().expect("metrics lock").insert(
                 f.clone(),
                 FlowSummary {

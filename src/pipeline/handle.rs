@@ -137,6 +137,19 @@ impl FlowHandle {
             .store(at_ms.unwrap_or(0), Ordering::Relaxed);
     }
 
+    /// Records carried over for locked tables, and how many tables are locked: the
+    /// `ngsiflow_deferred_records` and `ngsiflow_locked_tables` gauges.
+    pub(crate) fn set_carried(&self, records: usize, tables: usize) {
+        self.metrics
+            .deferred_records
+            .with_label_values(&[&self.flow])
+            .set(records as i64);
+        self.metrics
+            .locked_tables
+            .with_label_values(&[&self.flow])
+            .set(tables as i64);
+    }
+
     /// `n` records ended as `outcome`.
     pub(crate) fn records(&self, outcome: Outcome, n: u64) {
         self.metrics.records(&self.flow, outcome.label(), n);
@@ -182,7 +195,7 @@ impl FlowHandle {
     pub(crate) fn messages_done(&self, window: &FlushWindow) {
         self.metrics.messages_done(
             &self.flow,
-            window.messages().iter().map(|h| {
+            window.finished_messages().map(|h| {
                 (
                     h.service.as_str(),
                     !h.failed,

@@ -9,6 +9,7 @@ pub(crate) mod dead_letters;
 pub(crate) mod handle;
 pub(crate) mod inbound;
 pub(crate) mod intake;
+pub(crate) mod locked;
 pub(crate) mod ports;
 pub(crate) mod window;
 
@@ -24,6 +25,7 @@ use crate::postgis::{WindowOutcome, WindowWrite};
 use handle::{FlowHandle, Outcome};
 use inbound::Inbound;
 use intake::{intake, IntakeSettings};
+use locked::LockedTables;
 use ports::{DeadLetterSink, OffsetCommitter, Source, WindowSink};
 use window::FlushWindow;
 
@@ -46,7 +48,14 @@ pub(crate) struct FlowProcessor<C, S, D> {
     pub(crate) linger: Duration,
     /// Longest pause between database retries.
     pub(crate) max_backoff: Duration,
+    /// Tables found locked by another session, with their retry times.
+    pub(crate) locked: LockedTables,
 }
+
+/// Records carried over for locked tables, as a multiple of the batch size, beyond which the
+/// flow stops fetching until a locked table is written: what bounds memory while a table stays
+/// locked (the other tables are written meanwhile).
+const MAX_CARRIED_BATCHES: usize = 10;
 
 /// How a write attempt loop ended.
 enum Retry {
@@ -91,10 +100,7 @@ where
             if let Some(m) = held.pop_front() {
                 self.add(&mut window, m);
             } else {
-                let deadline = window
-                    .opened()
-                    .map(|t| tokio::time::Instant::from_std(t + self.linger))
-                    .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+                let deadline = tokio::time::Instant::from_std(self.flush_deadline(&window));
                 tokio::select! {
                     biased;
                     _ = cancel.cancelled() => break,
@@ -119,8 +125,8 @@ where
                     }
                 }
             }
-            let full = window.record_count() >= self.batch_size
-                || window.message_count() >= self.batch_size;
+            let full = window.new_record_count() >= self.batch_size
+                || window.new_message_count() >= self.batch_size;
             if full && !self.flush(&mut window, &mut held, &cancel).await {
                 break;
             }
@@ -147,6 +153,16 @@ where
         }
         self.dead_letters.flush();
         tracing::info!(flow = %self.flow(), "flow stopped");
+    }
+
+    /// When the window is due: a linger after its first new message, or, when it holds only
+    /// records carried over for locked tables, when the first of them may be tried again.
+    fn flush_deadline(&self, window: &FlushWindow) -> Instant {
+        match (window.opened(), self.locked.next_retry()) {
+            (Some(t), _) => t + self.linger,
+            (None, Some(retry)) if !window.is_empty() => retry,
+            _ => Instant::now() + Duration::from_secs(3600),
+        }
     }
 
     /// Decodes one record into the window, stamped with its receive time.
@@ -180,8 +196,50 @@ where
         }
         self.commit(window);
         self.report(window);
-        *window = FlushWindow::default();
-        true
+        *window = window.carry_over();
+        self.handle
+            .set_carried(window.carried_records(), self.locked.len());
+        self.hold_back_while_locked(window, held, cancel).await
+    }
+
+    /// While more than [`MAX_CARRIED_BATCHES`] batches of records wait for locked tables, stops
+    /// fetching (paused, serving the consumer) until the first of those tables may be tried
+    /// again. False when cancelled meanwhile.
+    async fn hold_back_while_locked(
+        &mut self,
+        window: &FlushWindow,
+        held: &mut VecDeque<Inbound>,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let over = window.carried_records() >= self.batch_size * MAX_CARRIED_BATCHES;
+        if !over {
+            if self
+                .handle
+                .status()
+                .paused
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                self.set_paused(false);
+            }
+            return true;
+        }
+        if !self
+            .handle
+            .status()
+            .paused
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(flow = %self.flow(), carried = window.carried_records(), "records waiting for locked tables reached the bound: fetching paused");
+            self.set_paused(true);
+        }
+        let wait = self
+            .locked
+            .next_retry()
+            .map_or(self.linger, |t| t.saturating_duration_since(Instant::now()));
+        !matches!(
+            self.wait_serving_consumer(wait, held, cancel).await,
+            Some(Retry::Cancelled)
+        )
     }
 
     /// Takes the sink's verdict into the window: rows PostgreSQL rejected become failures, and
@@ -284,11 +342,13 @@ where
             .set_write_started(Some(Utc::now().timestamp_millis()));
         let result = loop {
             let attempt = Instant::now();
+            let waiting = self.locked.waiting(attempt);
             let w = WindowWrite {
                 spec: &self.settings.spec,
                 items: window.items(),
                 error_rows: &error_rows,
                 now: Utc::now(),
+                locked: &waiting,
             };
             let written = self.sink.write_window(w).await;
             let e = match written {
@@ -296,6 +356,7 @@ where
                     // Only the successful attempt is timed: backoff is not database latency.
                     self.handle
                         .window_written(attempt.elapsed(), window.items().len());
+                    self.note_locked(&waiting, &o);
                     break Retry::Written(o);
                 }
                 Err(e) => e,
@@ -319,6 +380,18 @@ where
             }
         }
         result
+    }
+
+    /// Records which tables the write found locked (and which are free again).
+    fn note_locked(
+        &mut self,
+        waiting: &std::collections::HashSet<crate::route::TableRef>,
+        o: &WindowOutcome,
+    ) {
+        for t in o.locked.iter().filter(|t| !self.locked.contains(t)) {
+            tracing::warn!(flow = %self.flow(), table = ?t.quoted(), deferred = o.deferred.len(), "table locked by another session: its records wait, the other tables go on");
+        }
+        self.locked.settle(waiting, &o.locked, Instant::now());
     }
 
     /// Pauses (or resumes) fetching and says so on `/health` and in the paused gauge.

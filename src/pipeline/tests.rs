@@ -182,6 +182,7 @@ fn flow_loop<D>(
         batch_size: 100,
         linger: Duration::from_millis(10),
         max_backoff: Duration::from_millis(20),
+        locked: Default::default(),
     }
 }
 

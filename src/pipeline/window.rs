@@ -3,7 +3,7 @@
 //! by typed ids instead of parallel vectors. It answers what the flush needs: what to write,
 //! which records get dead-letter copies, and up to which offset each partition may be committed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use crate::postgis::{ErrorLogRow, WindowOutcome, WriteItem};
@@ -39,8 +39,12 @@ pub(crate) struct HeldMessage {
     pub(crate) correlator: Option<String>,
     /// True once any of its records failed.
     pub(crate) failed: bool,
-    /// Records it held (an NGSI notification holds one per entity).
+    /// Records it held (an NGSI notification holds one per entity); for a carried message,
+    /// the records still to write.
     pub(crate) records: usize,
+    /// True when carried over from an earlier window because a table it writes to was locked:
+    /// its other records are settled, its offset is not committed yet.
+    pub(crate) carried: bool,
 }
 
 /// A record that failed and will get a dead-letter copy.
@@ -91,6 +95,9 @@ pub(crate) struct FlushWindow {
     error_rows: Vec<PendingErrorRow>,
     failures: Vec<Failure>,
     records: usize,
+    /// Records of carried messages (see [`FlushWindow::carry_over`]).
+    carried_records: usize,
+    /// When the first message that is not carried arrived.
     opened: Option<Instant>,
     /// Set once the window's transaction committed: a later flush of the same window (after
     /// shutdown interrupted its dead letters) must not write it again.
@@ -113,7 +120,7 @@ impl FlushWindow {
         self.messages.is_empty()
     }
 
-    /// When the first message of the window arrived.
+    /// When the first message of the window that is not carried over arrived.
     pub(crate) fn opened(&self) -> Option<Instant> {
         self.opened
     }
@@ -123,9 +130,24 @@ impl FlushWindow {
         self.messages.len()
     }
 
+    /// Messages added since the window opened (not carried over).
+    pub(crate) fn new_message_count(&self) -> usize {
+        self.messages.iter().filter(|m| !m.carried).count()
+    }
+
     /// Records held (an NGSI notification holds one per entity).
     pub(crate) fn record_count(&self) -> usize {
         self.records
+    }
+
+    /// Records added since the window opened (not carried over): what fills a window.
+    pub(crate) fn new_record_count(&self) -> usize {
+        self.records - self.carried_records
+    }
+
+    /// Records carried over from earlier windows, waiting for a locked table.
+    pub(crate) fn carried_records(&self) -> usize {
+        self.carried_records
     }
 
     /// Adds a message and what was decoded from it; returns its id.
@@ -171,6 +193,7 @@ impl FlushWindow {
             correlator: decoded.correlator,
             failed,
             records: decoded.records,
+            carried: false,
         });
         id
     }
@@ -194,11 +217,6 @@ impl FlushWindow {
     /// A held message.
     pub(crate) fn message(&self, id: MessageId) -> &HeldMessage {
         &self.messages[id.0 as usize]
-    }
-
-    /// Every held message.
-    pub(crate) fn messages(&self) -> &[HeldMessage] {
-        &self.messages
     }
 
     /// Marks the record of `items()[item]` failed (the database rejected it).
@@ -288,19 +306,96 @@ impl FlushWindow {
         });
         self.messages = kept;
         self.records = self.messages.iter().map(|m| m.records).sum();
-        self.opened = self.messages.iter().map(|m| m.received).min();
+        self.carried_records = self
+            .messages
+            .iter()
+            .filter(|m| m.carried)
+            .map(|m| m.records)
+            .sum();
+        self.opened = self
+            .messages
+            .iter()
+            .filter(|m| !m.carried)
+            .map(|m| m.received)
+            .min();
         dropped
     }
 
-    /// The offset to commit per partition: the one after the last message held.
+    /// Messages with a record the write deferred (its table was locked).
+    fn pending(&self) -> BTreeSet<MessageId> {
+        self.written
+            .iter()
+            .flat_map(|o| &o.deferred)
+            .map(|&i| MessageId::from_tag(self.items[i].source))
+            .collect()
+    }
+
+    /// The offset to commit per partition: the one after the last message held, or, where a
+    /// message still has a record to write (deferred), that message's own offset, so that a
+    /// restart re-reads it (the messages after it that were written are replayed as no-ops).
     pub(crate) fn commit_offsets(&self) -> BTreeMap<i32, i64> {
+        let pending = self.pending();
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-        for m in &self.messages {
-            let e = next
-                .entry(m.record.partition)
-                .or_insert(m.record.offset + 1);
-            *e = (*e).max(m.record.offset + 1);
+        let mut held_back: BTreeMap<i32, i64> = BTreeMap::new();
+        for (i, m) in self.messages.iter().enumerate() {
+            let (p, o) = (m.record.partition, m.record.offset);
+            let e = next.entry(p).or_insert(o + 1);
+            *e = (*e).max(o + 1);
+            if pending.contains(&MessageId(i as u32)) {
+                let h = held_back.entry(p).or_insert(o);
+                *h = (*h).min(o);
+            }
         }
+        next.extend(held_back);
+        next
+    }
+
+    /// The messages whose every record is settled (written, failed or logged) once the window
+    /// committed: all but those with a deferred record.
+    pub(crate) fn finished_messages(&self) -> impl Iterator<Item = &HeldMessage> {
+        let pending = self.pending();
+        self.messages
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| !pending.contains(&MessageId(*i as u32)))
+            .map(|(_, m)| m)
+    }
+
+    /// After a committed flush: the window that carries what the write deferred — the messages
+    /// with deferred records, holding only those records, in order (their failures, error-log
+    /// rows and dead letters are settled). Empty when nothing was deferred.
+    pub(crate) fn carry_over(&mut self) -> FlushWindow {
+        let deferred = self
+            .written
+            .as_mut()
+            .map(|o| std::mem::take(&mut o.deferred))
+            .unwrap_or_default();
+        let mut items = std::mem::take(&mut self.items).into_iter().enumerate();
+        let mut next = FlushWindow::default();
+        // old message id -> new id
+        let mut renumber: BTreeMap<MessageId, MessageId> = BTreeMap::new();
+        let mut messages: Vec<Option<HeldMessage>> = std::mem::take(&mut self.messages)
+            .into_iter()
+            .map(Some)
+            .collect();
+        for i in deferred {
+            let Some((_, mut item)) = items.find(|(k, _)| *k == i) else {
+                continue;
+            };
+            let old = MessageId::from_tag(item.source);
+            let id = *renumber.entry(old).or_insert_with(|| {
+                let mut m = messages[old.0 as usize].take().expect("message held once");
+                m.carried = true;
+                m.records = 0;
+                next.messages.push(m);
+                MessageId(next.messages.len() as u32 - 1)
+            });
+            next.messages[id.0 as usize].records += 1;
+            item.source = id.tag();
+            next.items.push(item);
+        }
+        next.records = next.items.len();
+        next.carried_records = next.items.len();
         next
     }
 }
@@ -335,6 +430,67 @@ mod tests {
             w.add(r, t0 + Duration::from_millis(i as u64), d);
         }
         w
+    }
+
+    #[test]
+    fn deferred_records_hold_their_offset_back_and_are_carried_over() {
+        let t0 = Instant::now();
+        let mut w = window_of(
+            "historic",
+            &[
+                (0, 10, notification(&["A", "B"])),
+                (0, 11, notification(&["C"])),
+                (1, 5, notification(&["D"])),
+                (0, 12, notification(&["E"])),
+            ],
+            t0,
+        );
+        // Items: A B (message 0), C (1), D (2), E (3); B and E's tables were locked.
+        w.set_written(WindowOutcome {
+            written: 3,
+            deferred: vec![1, 4],
+            ..WindowOutcome::default()
+        });
+        assert_eq!(
+            w.commit_offsets().into_iter().collect::<Vec<_>>(),
+            [(0, 10), (1, 6)],
+            "partition 0 stays at its first message with a deferred record"
+        );
+        let finished: Vec<i64> = w.finished_messages().map(|m| m.record.offset).collect();
+        assert_eq!(finished, [11, 5]);
+        let mut next = w.carry_over();
+        let carried: Vec<(i64, usize)> = next
+            .messages
+            .iter()
+            .map(|m| (m.record.offset, m.records))
+            .collect();
+        assert_eq!(carried, [(10, 1), (12, 1)]);
+        let ids: Vec<String> = next
+            .items()
+            .iter()
+            .map(|i| i.op.get("entityid").unwrap().display_text().unwrap())
+            .collect();
+        assert_eq!(ids, ["B", "E"]);
+        assert_eq!(
+            (
+                next.carried_records(),
+                next.new_record_count(),
+                next.opened()
+            ),
+            (2, 0, None)
+        );
+        // A new message fills the window; the carried ones keep their offsets held back
+        // until they are written.
+        let r = record(1, 6, &notification(&["F"]));
+        let d = intake(&settings("historic"), &r, chrono::Utc::now());
+        next.add(r, t0, d);
+        assert_eq!((next.new_record_count(), next.opened()), (1, Some(t0)));
+        next.set_written(WindowOutcome::default());
+        assert_eq!(
+            next.commit_offsets().into_iter().collect::<Vec<_>>(),
+            [(0, 13), (1, 7)]
+        );
+        assert!(next.carry_over().is_empty());
     }
 
     #[test]
@@ -417,13 +573,13 @@ mod tests {
         assert_eq!(w.drop_partitions(&[1]), 2);
         assert_eq!(w.drop_partitions(&[7]), 0, "nothing of partition 7 held");
         let kept: Vec<(i32, i64)> = w
-            .messages()
+            .messages
             .iter()
             .map(|m| (m.record.partition, m.record.offset))
             .collect();
         assert_eq!(kept, [(0, 0), (2, 2), (0, 4)]);
         // Receive times and decoded rows are the ones from before (no re-decoding).
-        let received: Vec<Instant> = w.messages().iter().map(|m| m.received).collect();
+        let received: Vec<Instant> = w.messages.iter().map(|m| m.received).collect();
         assert_eq!(received, kept_received);
         assert_eq!(w.items()[0].op.columns, recv_time_before);
         // Ids are renumbered consistently.

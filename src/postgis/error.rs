@@ -83,6 +83,12 @@ pub fn is_stale_metadata(e: &tokio_postgres::Error) -> bool {
         .is_some_and(|db| matches!(db.code().code(), "42P01" | "42703" | "42804" | "26000"))
 }
 
+/// 55P03 (lock not available): a lock was not granted within `lock_timeout`. Inside a group's
+/// savepoint this defers the group's table (other tables go on); elsewhere it is transient.
+pub fn is_lock_timeout(e: &tokio_postgres::Error) -> bool {
+    sqlstate(e).is_some_and(|c| c == "55P03")
+}
+
 /// 26000 (invalid SQL statement name): the server no longer has a prepared statement (e.g.
 /// after `DISCARD ALL`); the statement cache must be dropped.
 pub fn is_lost_prepared_statement(e: &tokio_postgres::Error) -> bool {

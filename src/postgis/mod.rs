@@ -20,7 +20,7 @@ pub(crate) mod sql;
 pub mod tls;
 pub(crate) mod writer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +36,7 @@ use error_log::ErrorLogs;
 use meta::MetaCache;
 pub use readable::{truncate, untyped_insert, untyped_query, MAX_QUERY_CHARS};
 pub use tls::PgEndpoint;
-use writer::Writer;
+use writer::{GroupOutcome, Writer};
 
 /// A transient database failure: the window was rolled back and must be retried.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -93,6 +93,9 @@ pub struct WindowWrite<'a> {
     pub error_rows: &'a [ErrorLogRow],
     /// Failure time for rows rejected while writing.
     pub now: DateTime<Utc>,
+    /// Tables known to be locked whose retry time has not come: their items are deferred
+    /// without being tried (see [`WindowOutcome::deferred`]).
+    pub locked: &'a HashSet<TableRef>,
 }
 
 /// An error log row to write in the window's transaction. Its table is the tenant's
@@ -178,6 +181,14 @@ pub struct WindowOutcome {
     pub error_log_failures: Vec<ErrorLogFailure>,
     /// Statements executed (for diagnostics and tests).
     pub statements: u64,
+    /// Items not written because their table is locked by another session (its lock was not
+    /// granted within `lock_timeout`, or it is in [`WindowWrite::locked`]), in arrival order:
+    /// nothing of them was applied; the caller writes them later and keeps their offsets
+    /// uncommitted meanwhile. Every later item of such a table in the window is deferred too,
+    /// so each table's order is kept.
+    pub deferred: Vec<usize>,
+    /// Tables found locked by this write (a subset of the deferred items' tables).
+    pub locked: Vec<TableRef>,
 }
 
 /// The PostGIS sink of one flow: one connection, table metadata and prepared statement caches.
@@ -189,6 +200,7 @@ pub struct Sink {
     error_logs: ErrorLogs,
     connect_timeout: Duration,
     window_timeout: Duration,
+    lock_timeout: Duration,
 }
 
 impl Sink {
@@ -196,11 +208,14 @@ impl Sink {
     /// `window_timeout` is abandoned as a transient failure (its connection is dropped, so the
     /// server rolls it back): a half-open connection or a lock wait never hangs the flow.
     /// Error-log rows of tenants without a schema (or with a name PostgreSQL cannot hold) go to
-    /// `fallback_error_log`, created with its schema on first use.
+    /// `fallback_error_log`, created with its schema on first use. A table whose lock is not
+    /// granted within `lock_timeout` (PostgreSQL's setting of that name, set on the
+    /// connection) is deferred, so one locked table does not stop the others.
     pub fn new(
         endpoint: PgEndpoint,
         window_timeout: Duration,
         fallback_error_log: TableRef,
+        lock_timeout: Duration,
     ) -> Self {
         Self {
             endpoint,
@@ -210,6 +225,7 @@ impl Sink {
             error_logs: ErrorLogs::new(fallback_error_log),
             connect_timeout: Duration::from_secs(10),
             window_timeout,
+            lock_timeout,
         }
     }
 
@@ -224,6 +240,14 @@ impl Sink {
         self.client = None;
         self.statements.clear();
         let client = connection::open(&self.endpoint, self.connect_timeout).await?;
+        let set = format!(
+            "SET lock_timeout = {}",
+            self.lock_timeout.as_millis().max(1)
+        );
+        match tokio::time::timeout(self.connect_timeout, client.batch_execute(&set)).await {
+            Ok(r) => r.map_err(transient)?,
+            Err(_) => return Err(TransientError("no answer to SET lock_timeout".into())),
+        }
         self.client = Some(client);
         Ok(())
     }
@@ -267,6 +291,7 @@ impl Sink {
             items,
             error_rows: pre_errors,
             now,
+            locked,
         } = w;
         let Sink {
             client,
@@ -287,8 +312,21 @@ impl Sink {
             spec,
             out: &mut out,
         };
+        let mut deferred_tables: HashSet<TableRef> = locked.clone();
         for group in plan::plan(spec, items) {
-            let failures = w.write_group(&mut tx, items, &group).await?;
+            if deferred_tables.contains(&group.target) {
+                w.out.deferred.extend(&group.items);
+                continue;
+            }
+            let failures = match w.write_group(&mut tx, items, &group).await? {
+                GroupOutcome::Settled(failures) => failures,
+                GroupOutcome::Locked => {
+                    w.out.deferred.extend(&group.items);
+                    w.out.locked.push(group.target.clone());
+                    deferred_tables.insert(group.target);
+                    continue;
+                }
+            };
             for f in failures {
                 let item = &items[f.item];
                 log_rows.push(ErrorLogRow::new(
@@ -301,6 +339,7 @@ impl Sink {
                 w.out.failures.push(f);
             }
         }
+        out.deferred.sort_unstable();
         let created = error_logs.write(&mut tx, &log_rows, &mut out).await?;
         tx.commit().await.map_err(transient)?;
         error_logs.confirm(created);

@@ -17,7 +17,9 @@ use crate::flow::{FlowSpec, WriteMode};
 use crate::ngsi::value::CellValue;
 
 use super::bind::{bind_text, BindError};
-use super::error::{classify, describe, is_lost_prepared_statement, is_stale_metadata, ErrorClass};
+use super::error::{
+    classify, describe, is_lock_timeout, is_lost_prepared_statement, is_stale_metadata, ErrorClass,
+};
 use super::meta::{MetaCache, TableMeta};
 use super::plan::Group;
 use super::readable::{typed_query, untyped_query};
@@ -39,6 +41,8 @@ pub(crate) struct Writer<'a> {
 enum Exec {
     Rows(u64),
     Failed(tokio_postgres::Error),
+    /// The table's lock was not granted within `lock_timeout` (55P03); nothing was applied.
+    Locked,
 }
 
 enum RowsResult {
@@ -48,6 +52,8 @@ enum RowsResult {
     Failed(tokio_postgres::Error),
     /// Some rows (indices into the rows given) failed; the others were applied.
     RowFailures(Vec<(usize, tokio_postgres::Error)>),
+    /// The table is locked by another session; nothing of it was applied.
+    Locked,
 }
 
 /// The result of one pass over a group.
@@ -56,10 +62,27 @@ enum Pass {
     Settled(Vec<ItemFailure>),
     /// The cached metadata looks stale: try again with metadata read afresh.
     Stale,
+    /// The table is locked by another session: nothing was written.
+    Locked,
+}
+
+/// What became of a group.
+pub(crate) enum GroupOutcome {
+    /// Written; these items failed permanently.
+    Settled(Vec<ItemFailure>),
+    /// Its table is locked by another session (its lock was not granted within the
+    /// connection's `lock_timeout`): nothing was written, the items are to be written later.
+    Locked,
+}
+
+/// The lock wait of the first statement on a table timed out inside a row-by-row replay, where
+/// the table's lock is already held: not expected, so the window is retried whole.
+fn locked_midway() -> TransientError {
+    TransientError("lock timeout in the middle of a group".into())
 }
 
 impl Writer<'_> {
-    /// Writes one group; returns the items that failed permanently.
+    /// Writes one group; says which items failed permanently, or that its table is locked.
     ///
     /// # Errors
     /// [`TransientError`]: the window must be retried.
@@ -68,14 +91,16 @@ impl Writer<'_> {
         tx: &mut Transaction<'_>,
         items: &[WriteItem],
         group: &Group,
-    ) -> Result<Vec<ItemFailure>, TransientError> {
-        match self.pass(tx, items, group, false).await? {
-            Pass::Settled(failures) => Ok(failures),
-            Pass::Stale => match self.pass(tx, items, group, true).await? {
-                Pass::Settled(failures) => Ok(failures),
-                Pass::Stale => unreachable!("a pass on fresh metadata settles the group"),
-            },
-        }
+    ) -> Result<GroupOutcome, TransientError> {
+        let pass = match self.pass(tx, items, group, false).await? {
+            Pass::Stale => self.pass(tx, items, group, true).await?,
+            settled_or_locked => settled_or_locked,
+        };
+        Ok(match pass {
+            Pass::Settled(failures) => GroupOutcome::Settled(failures),
+            Pass::Locked => GroupOutcome::Locked,
+            Pass::Stale => unreachable!("a pass on fresh metadata settles the group"),
+        })
     }
 
     /// One pass: metadata (read afresh when `fresh`), bind, write. Only a pass on cached
@@ -130,6 +155,7 @@ impl Writer<'_> {
         }
         match self.run_rows(tx, group, &cols, &rows).await? {
             RowsResult::Done => {}
+            RowsResult::Locked => return Ok(Pass::Locked),
             RowsResult::RowFailures(f) => {
                 failures.extend(f.iter().map(|(k, e)| failure(group, &cols, &rows, *k, e)));
             }
@@ -155,6 +181,7 @@ impl Writer<'_> {
         for k in 0..rows.len() {
             match self.run_rows(tx, group, cols, &rows.single(k)).await? {
                 RowsResult::Done => {}
+                RowsResult::Locked => return Err(locked_midway()),
                 RowsResult::Failed(e) => failures.push(failure(group, cols, rows, k, &e)),
                 RowsResult::RowFailures(f) => {
                     failures.extend(f.iter().map(|(_, e)| failure(group, cols, rows, k, e)));
@@ -205,6 +232,10 @@ impl Writer<'_> {
                 sp.commit().await.map_err(transient)?;
                 Ok(Exec::Rows(n))
             }
+            Err(e) if is_lock_timeout(&e) => {
+                sp.rollback().await.map_err(transient)?;
+                Ok(Exec::Locked)
+            }
             Err(e) if classify(&e) == ErrorClass::Transient => Err(transient(e)),
             Err(e) => {
                 sp.rollback().await.map_err(transient)?;
@@ -232,6 +263,7 @@ impl Writer<'_> {
         let n = match self.exec(tx, &sql, &rows.arrays).await? {
             Exec::Rows(n) => n,
             Exec::Failed(e) => return Ok(RowsResult::Failed(e)),
+            Exec::Locked => return Ok(RowsResult::Locked),
         };
         let total = rows.len() as u64;
         match mode {
@@ -282,6 +314,7 @@ impl Writer<'_> {
                 RowsResult::Done
             }
             Exec::Failed(e) => RowsResult::Failed(e),
+            Exec::Locked => RowsResult::Locked,
         })
     }
 
@@ -315,9 +348,11 @@ impl Writer<'_> {
                 }
                 Exec::Rows(_) => self.settle_conflict(tx, group, cols, &one).await?,
                 Exec::Failed(e) => RowsResult::Failed(e),
+                Exec::Locked => return Err(locked_midway()),
             };
             match settled {
                 RowsResult::Done => {}
+                RowsResult::Locked => return Err(locked_midway()),
                 RowsResult::Failed(e) => failed.push((k, e)),
                 RowsResult::RowFailures(f) => failed.extend(f.into_iter().map(|(_, e)| (k, e))),
             }

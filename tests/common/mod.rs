@@ -122,6 +122,30 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// Freezes the broker process (SIGSTOP): its connections stay open but nothing answers,
+    /// like a hung or partitioned broker. It is thawed (SIGCONT) when the guard drops, also when
+    /// the test fails.
+    pub fn freeze(&self) -> Frozen {
+        let pid = std::fs::read_to_string(self.dir.join("broker.pid"))
+            .expect("broker.pid")
+            .trim()
+            .to_string();
+        let ok = Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+        assert!(ok.success(), "SIGSTOP {pid}");
+        Frozen(pid)
+    }
+}
+
+/// A frozen process, thawed on drop.
+pub struct Frozen(String);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
@@ -542,6 +566,39 @@ impl Worker {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The worker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("worker running").id()
+    }
+
+    /// Peak resident memory so far (VmHWM), in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    /// Sum of a metric's series on `/metrics` (0 when absent or unreachable). `name` may end
+    /// with the start of a label set (`name{class="transient"`) to sum only those series.
+    pub async fn metric_sum(&self, name: &str) -> f64 {
+        let (_, body) = self.get("/metrics").await;
+        let starts = |l: &str| {
+            if name.contains('{') {
+                l.starts_with(name)
+            } else {
+                l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))
+            }
+        };
+        body.lines()
+            .filter(|l| starts(l))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     fn signal(&self, sig: &str) {
