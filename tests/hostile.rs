@@ -166,6 +166,14 @@ async fn hostile_input_is_stored_verbatim_or_error_logged_and_nothing_stalls() {
         "route": {"type": "geo:json", "value": {"type": "LineString", "coordinates": million}}}),
     ]);
     send_big(&broker.addr, "raw_historic", &huge_geometry).await;
+    // Just under the limit: a 0.84 MB LineString (45 000 points) is stored whole.
+    let points: Vec<[f64; 2]> = (0..45_000).map(|i| [i as f64 / 1000.0, 40.123456]).collect();
+    let big_line = notification(&[
+        json!({"id": "V3", "type": "Zone", "TimeInstant": ti("2026-01-01T00:00:00Z"),
+        "route": {"type": "geo:json", "value": {"type": "LineString", "coordinates": points}}}),
+    ]);
+    assert!(big_line.len() > 800_000 && big_line.len() < 1_048_576);
+    send_big(&broker.addr, "raw_historic", &big_line).await;
     // The next good message lands: the partition did not stall.
     p.send(
         "raw_historic",
@@ -211,6 +219,16 @@ async fn hostile_input_is_stored_verbatim_or_error_logged_and_nothing_stalls() {
         3,
         "V1, V2 and LAST only"
     );
+    let npoints: i32 = db
+        .client
+        .query_one(
+            "SELECT ST_NPoints(route) FROM demo.city_zone WHERE entityid = 'V3'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(npoints, 45_000);
 
     // Every bad message has exactly one error-log row, in the tenant's log or the fallback.
     let demo_rows = db.error_rows("demo").await;
@@ -248,8 +266,9 @@ async fn hostile_input_is_stored_verbatim_or_error_logged_and_nothing_stalls() {
         )
         .await;
     println!(
-        "hostile input: {} stored verbatim, {bad_count} error-logged ({} tenant, {} fallback); worker RSS {rss_before:.0} MiB before, {rss_after:.0} MiB after a 10 MB value and a 1 000 000-point geometry",
+        "hostile input: {} stored verbatim (and a {} kB 45 000-point geometry), {bad_count} error-logged ({} tenant, {} fallback); worker RSS {rss_before:.0} MiB before, {rss_after:.0} MiB after a 10 MB value and a 1 000 000-point geometry",
         stored.len(),
+        big_line.len() / 1000,
         demo_rows.len(),
         fallback.len()
     );
