@@ -21,8 +21,11 @@
 //! per bad record — sends dead-letter copies of bad records and waits for the broker's
 //! acknowledgement, and only then commits, per partition, the offset after the last message of
 //! the window. A crash re-reads at most the uncommitted window: lastdata and mutable upserts are
-//! idempotent, an identical historic row is recognised as a replay. Transient database failures
-//! pause the flow and retry forever with capped backoff; nothing is skipped.
+//! idempotent, an identical historic row is recognised as a replay, and an error-log row is keyed
+//! by its record (flow, topic, partition, offset, entity) so a replayed bad record is logged once.
+//! Transient database failures pause the flow and retry forever with capped backoff; nothing is
+//! skipped. A table another session keeps locked is set aside (its records carried to the next
+//! windows, the partition's offset held at the first of them) while the other tables are written.
 
 #![warn(missing_docs)]
 

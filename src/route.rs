@@ -65,6 +65,10 @@ pub enum RouteError {
     /// The entity type sanitises to nothing.
     #[error("Required header missing or empty: entityType")]
     EmptyEntityType,
+    /// A schema, table or column name that is empty (a `fiware-service` of `/`, an attribute
+    /// named `""`): PostgreSQL cannot name it (found by fuzzing the router).
+    #[error("empty identifier: PostgreSQL has no schema, table or column named \"\"")]
+    EmptyIdentifier,
     /// A schema or table name longer than PostgreSQL allows.
     #[error("identifier {0:?} is longer than 63 bytes; PostgreSQL would truncate it")]
     IdentifierTooLong(String),
@@ -133,11 +137,14 @@ pub fn sanitize(input: &str) -> String {
         .collect()
 }
 
-/// Checks an identifier fits PostgreSQL's limit.
+/// Checks an identifier is one PostgreSQL can hold: not empty, at most 63 bytes.
 ///
 /// # Errors
-/// [`RouteError::IdentifierTooLong`] over 63 bytes.
+/// [`RouteError::EmptyIdentifier`], or [`RouteError::IdentifierTooLong`] over 63 bytes.
 pub fn check_identifier(name: &str) -> Result<(), RouteError> {
+    if name.is_empty() {
+        return Err(RouteError::EmptyIdentifier);
+    }
     if name.len() > MAX_IDENTIFIER_BYTES {
         return Err(RouteError::IdentifierTooLong(name.to_string()));
     }
@@ -307,6 +314,12 @@ mod tests {
         ));
         assert!(route("acme", "/", &"y".repeat(62), "", ByEntityTypeDatabase).is_ok());
         assert!(error_log_table(&"s".repeat(60)).is_err());
+        // Found by fuzzing: a service of "/" sanitises to nothing.
+        assert_eq!(
+            route("/", "/city", "Sensor", "", Datamodel::ByEntityTypeDatabase),
+            Err(RouteError::EmptyIdentifier)
+        );
+        assert_eq!(check_identifier(""), Err(RouteError::EmptyIdentifier));
         assert_eq!(
             error_log_table("Acme").unwrap().quoted(),
             "\"acme\".\"acme_error_log\""

@@ -167,7 +167,9 @@ async fn hostile_input_is_stored_verbatim_or_error_logged_and_nothing_stalls() {
     ]);
     send_big(&broker.addr, "raw_historic", &huge_geometry).await;
     // Just under the limit: a 0.84 MB LineString (45 000 points) is stored whole.
-    let points: Vec<[f64; 2]> = (0..45_000).map(|i| [i as f64 / 1000.0, 40.123456]).collect();
+    let points: Vec<[f64; 2]> = (0..45_000)
+        .map(|i| [i as f64 / 1000.0, 40.123456])
+        .collect();
     let big_line = notification(&[
         json!({"id": "V3", "type": "Zone", "TimeInstant": ti("2026-01-01T00:00:00Z"),
         "route": {"type": "geo:json", "value": {"type": "LineString", "coordinates": points}}}),

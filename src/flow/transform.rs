@@ -468,6 +468,15 @@ mod tests {
     }
 
     #[test]
+    fn an_attribute_with_an_empty_name_is_a_bad_record() {
+        // Found by fuzzing: the column would be `""`, which PostgreSQL cannot name.
+        let mut body = sample();
+        body["data"][0][""] = serde_json::json!({"type": "Number", "value": 1});
+        let err = run("historic", &[], body).remove(0).unwrap_err();
+        assert!(err.message.contains("empty identifier"), "{}", err.message);
+    }
+
+    #[test]
     fn missing_timeinstant_per_flow() {
         let mut body = sample();
         body["data"][0]
