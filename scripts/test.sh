@@ -10,3 +10,7 @@ bash scripts/install-deps.sh
 ensure_postgres
 # Test binaries run one after another; tests inside a binary run two at a time (2 cores).
 cargo test --lib --bins --tests --locked -- --test-threads=2 "$@"
+# Fuzzing: the crashes found so far are replayed, then every target of fuzz/ runs for
+# NGSIFLOW_FUZZ_SECONDS (default 60) on a copy of its corpus (scripts/fuzz.sh; nightly toolchain,
+# cargo-fuzz installed from crates.io when missing).
+bash scripts/fuzz.sh "${NGSIFLOW_FUZZ_SECONDS:-60}"
