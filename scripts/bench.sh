@@ -1,72 +1,195 @@
 #!/usr/bin/env bash
-# Throughput benchmark through the real stack (Apache Kafka, PostGIS, release worker):
-#   scripts/bench.sh [N]     (default N = 100000 notifications per flow)
-# Produces N sample notifications (1000 entities per type) to each of raw_historic, raw_lastdata
-# and raw_mutable while the worker is stopped, then starts the worker and measures, from its
-# first handled message to the last, notifications/s and rows/s (from its own metrics). Uses its
-# own broker (port 19093), admin port 18001 and database ngsiflow_bench; writes
-# target/bench/report.md.
+# End-to-end benchmark against PostgreSQL's own ingest of the same rows, in one run:
+#   scripts/bench.sh [N]      (default N = 400000 notifications)
+# 1. produces N notifications of the multi-tenant workload (`ngsiflow produce --workload
+#    multi-tenant`: 5 services x 4 servicepaths x 3 entity types = 180 tables, 60 % historic,
+#    30 % lastdata, 10 % mutable) to a fresh Apache Kafka broker while no worker runs;
+# 2. starts the release worker with default settings and times the drain of that backlog
+#    (first handled message to the last), with the CPU of the worker, PostgreSQL and the broker,
+#    and the worker's peak RSS;
+# 3. exports the rows the worker wrote and loads the same rows into fresh copies of the same
+#    tables with PostgreSQL's COPY, then with 500-row INSERT ... VALUES statements (one
+#    connection each, psql), timing both and PostgreSQL's CPU;
+# 4. produces at half the measured drain rate for 20 s and reads the notification-to-commit
+#    latency percentiles from the worker's ngsiflow_commit_latency_seconds histogram.
+# Writes target/bench/report.md and appends it to docs/benchmarks.md. Uses its own broker
+# (port 19093), admin port 18001 and databases ngsiflow_bench, ngsiflow_bench_copy and
+# ngsiflow_bench_insert.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-N="${1:-100000}"
-DB=ngsiflow_bench
+N="${1:-400000}"
 BROKER=127.0.0.1:19093
 ADMIN=127.0.0.1:18001
+PG=postgres://postgres@127.0.0.1:5432
 OUT=target/bench
+HZ=$(getconf CLK_TCK)
 mkdir -p "$OUT"
+rm -rf "$OUT/rows" && mkdir -p "$OUT/rows"
 
 bash scripts/install-deps.sh
 ensure_postgres
-psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
-ensure_database "$DB"
 cargo build --release --locked -q
 BIN="$PWD/target/release/ngsiflow"
 
+fresh_db() {
+  psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS $1 WITH (FORCE)"
+  psql "$PG_ADMIN_URL" -qc "CREATE DATABASE $1"
+  "$BIN" produce --print-ddl | psql -q -v ON_ERROR_STOP=1 "$PG/$1" >/dev/null
+}
+# CPU seconds of processes (utime + stime), plus their reaped children's with --children.
+cpu_of() {
+  local t=0 f
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] || continue
+    f=$(sed 's/.*) //' "/proc/$p/stat")
+    t=$((t + $(echo "$f" | awk '{print $12 + $13 + $14 + $15}')))
+  done
+  echo "scale=3; $t / $HZ" | bc -l
+}
+pg_pids() { pgrep -x postgres || true; }
+pg_cpu() { cpu_of $(pg_pids); } # backends that exited are counted in the postmaster's children
+metric_sum() { # name filter
+  curl -s "http://$ADMIN/metrics" | awk -v m="$1" -v f="$2" 'index($0, m "{") == 1 && index($0, f) { s += $NF } END { printf "%d\n", s }'
+}
+
 rm -rf "$OUT/kafka"
 bash scripts/kafka.sh start --port "${BROKER##*:}" --dir "$OUT/kafka" --partitions 3
+BROKER_PID=$(cat "$OUT/kafka/broker.pid")
 WORKER_PID=""
 cleanup() { [ -n "$WORKER_PID" ] && kill "$WORKER_PID" 2>/dev/null; bash scripts/kafka.sh stop --dir "$OUT/kafka"; true; }
 trap cleanup EXIT
 
-log "producing $N notifications to each raw topic"
-"$BIN" produce --brokers "$BROKER" --count "$N" --entities 1000 2>&1 | tail -1
+fresh_db ngsiflow_bench
+log "producing $N notifications of the multi-tenant workload"
+"$BIN" produce --brokers "$BROKER" --workload multi-tenant --count "$N" --entities 100 2>&1 | tail -1
 
-metric_sum() { # name filter
-  curl -s "http://$ADMIN/metrics" | awk -v m="$1" -v f="$2" 'index($0, m "{") == 1 && index($0, f) { s += $NF } END { printf "%d\n", s }'
-}
-"$BIN" run --brokers "$BROKER" --pg-url "postgres://postgres@127.0.0.1:5432/$DB" --admin-addr "$ADMIN" \
+log "draining the backlog"
+pg0=$(pg_cpu); broker0=$(cpu_of "$BROKER_PID")
+"$BIN" run --brokers "$BROKER" --pg-url "$PG/ngsiflow_bench" --admin-addr "$ADMIN" \
   --log-level warn >"$OUT/worker.log" 2>&1 &
 WORKER_PID=$!
-TOTAL=$((3 * N))
-t0=""; c0=0; peak_rss=0
+t0=""; c0=0
 while :; do
   c=$(metric_sum messages_processed_total "" 2>/dev/null) || c=0
   now=$(date +%s.%N)
   if [ -z "$t0" ] && [ "${c:-0}" -gt 0 ]; then t0=$now; c0=$c; fi
-  rss=$(awk '/VmRSS/ {print $2}' "/proc/$WORKER_PID/status" 2>/dev/null || echo 0)
-  [ "${rss:-0}" -gt "$peak_rss" ] && peak_rss=$rss
-  [ "${c:-0}" -ge "$TOTAL" ] && break
+  [ "${c:-0}" -ge "$N" ] && break
   kill -0 "$WORKER_PID" || { cat "$OUT/worker.log"; exit 1; }
-  sleep 0.2
+  sleep 0.1
 done
 t1=$(date +%s.%N)
+worker_cpu=$(cpu_of "$WORKER_PID"); pg1=$(pg_cpu); broker1=$(cpu_of "$BROKER_PID")
+peak_rss=$(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$WORKER_PID/status")
 written=$(metric_sum ngsiflow_records_total 'outcome="written"')
 stale=$(metric_sum ngsiflow_records_total 'outcome="stale_ignored"')
 errors=$(metric_sum ngsiflow_records_total 'outcome="error_logged"')
-cpu=$(curl -s "http://$ADMIN/metrics" | awk '/^process_cpu_seconds_total/ {print $2}')
 secs=$(echo "$t1 - $t0" | bc -l)
-msgs=$((TOTAL - c0))
-report=$(cat <<REPORT
-# ngsiflow throughput ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores)
+msgs=$((N - c0 + 1))
+rate=$(echo "$msgs / $secs" | bc -l)
+us() { echo "scale=1; $1 * 1000000 / $N" | bc -l; }
+worker_us=$(us "$worker_cpu"); pg_us=$(us "$(echo "$pg1 - $pg0" | bc -l)"); broker_us=$(us "$(echo "$broker1 - $broker0" | bc -l)")
 
-command: scripts/bench.sh $N
-notifications: $N per flow x 3 flows = $TOTAL (one entity each, 1000 entities per type)
-measured window: $msgs notifications in $(printf %.2f "$secs") s (from the first handled message)
-throughput: $(printf %.0f "$(echo "$msgs / $secs" | bc -l)") notifications/s
-rows written: $written ($(printf %.0f "$(echo "$written / $secs" | bc -l)") rows/s), stale ignored: $stale, errors: $errors
-peak worker RSS: $((peak_rss / 1024)) MiB, worker CPU: $(printf %.1f "$cpu") s (the rest of the 2 cores went to PostgreSQL and the broker)
+log "exporting the rows the worker wrote"
+tables=$(psql "$PG/ngsiflow_bench" -tAc "SELECT schemaname || '.' || tablename FROM pg_tables WHERE schemaname IN ('acme','bravo','city','delta','echo') ORDER BY 1")
+rows=0
+: >"$OUT/copy.sql"
+for t in $tables; do
+  psql "$PG/ngsiflow_bench" -qc "\\copy $t TO '$OUT/rows/$t.tsv'"
+  rows=$((rows + $(wc -l <"$OUT/rows/$t.tsv")))
+  echo "\\copy $t FROM '$OUT/rows/$t.tsv'" >>"$OUT/copy.sql"
+done
+python3 - "$OUT/rows" "$OUT/insert.sql" <<'PY'
+import os, sys
+src, out = sys.argv[1], sys.argv[2]
+ESC = {'b': '\b', 'f': '\f', 'n': '\n', 'r': '\r', 't': '\t', 'v': '\v', '\\': '\\'}
+def field(s):
+    if s == r'\N':
+        return 'NULL'
+    out, i = [], 0
+    while i < len(s):
+        c = s[i]
+        if c == '\\' and i + 1 < len(s):
+            out.append(ESC.get(s[i + 1], s[i + 1])); i += 2
+        else:
+            out.append(c); i += 1
+    return "'" + ''.join(out).replace("'", "''") + "'"
+with open(out, 'w') as o:
+    for name in sorted(os.listdir(src)):
+        table = name[:-4]
+        with open(os.path.join(src, name)) as f:
+            lines = [l.rstrip('\n') for l in f]
+        for k in range(0, len(lines), 500):
+            values = ',\n'.join('(' + ','.join(field(x) for x in l.split('\t')) + ')' for l in lines[k:k + 500])
+            o.write(f'INSERT INTO {table} VALUES\n{values};\n')
+PY
+load() { # db script → seconds and PostgreSQL CPU seconds
+  fresh_db "$1"
+  local p0 s0 s1
+  p0=$(pg_cpu); s0=$(date +%s.%N)
+  psql -q -v ON_ERROR_STOP=1 "$PG/$1" -f "$2" >/dev/null
+  s1=$(date +%s.%N)
+  echo "$(echo "$s1 - $s0" | bc -l) $(echo "$(pg_cpu) - $p0" | bc -l)"
+}
+log "PostgreSQL COPY of the same $rows rows"
+read -r copy_secs copy_cpu < <(load ngsiflow_bench_copy "$OUT/copy.sql")
+log "PostgreSQL 500-row INSERT of the same $rows rows"
+read -r insert_secs insert_cpu < <(load ngsiflow_bench_insert "$OUT/insert.sql")
+copy_rate=$(echo "$rows / $copy_secs" | bc -l)
+insert_rate=$(echo "$rows / $insert_secs" | bc -l)
+row_rate=$(echo "$written / $secs" | bc -l)
+
+half=$(printf %.0f "$(echo "$rate / 2" | bc -l)")
+log "latency at half rate: $half notifications/s for 20 s"
+buckets() { curl -s "http://$ADMIN/metrics" | grep '^ngsiflow_commit_latency_seconds_bucket'; }
+buckets >"$OUT/latency0.txt"
+"$BIN" produce --brokers "$BROKER" --workload multi-tenant --first "$N" --count $((half * 20)) \
+  --rate "$half" --entities 100 --quiet
+target=$((N + half * 20))
+for _ in $(seq 1 300); do [ "$(metric_sum messages_processed_total "")" -ge "$target" ] && break; sleep 0.1; done
+buckets >"$OUT/latency1.txt"
+read -r p50 p95 p99 < <(python3 - "$OUT/latency0.txt" "$OUT/latency1.txt" <<'PY'
+import re, sys
+def load(path):
+    acc = {}
+    for line in open(path):
+        le = float(re.search(r'le="([^"]+)"', line).group(1).replace('+Inf', 'inf'))
+        acc[le] = acc.get(le, 0) + float(line.split()[-1])
+    return acc
+a, b = load(sys.argv[1]), load(sys.argv[2])
+cum = sorted((le, b[le] - a.get(le, 0)) for le in b)
+total = cum[-1][1]
+def q(p):
+    want, prev_le, prev_n = p * total, 0.0, 0.0
+    for le, n in cum:
+        if n >= want:
+            if le == float('inf'):
+                return prev_le
+            return prev_le + (le - prev_le) * (want - prev_n) / max(n - prev_n, 1e-9)
+        prev_le, prev_n = le, n
+    return prev_le
+print(*(f'{q(p) * 1000:.0f}' for p in (0.5, 0.95, 0.99)))
+PY
+)
+
+commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo '+changes')
+report=$(cat <<REPORT
+## $(date -u +%Y-%m-%dT%H:%MZ), commit $commit
+
+Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), PostgreSQL $(psql "$PG_ADMIN_URL" -tAc 'SHOW server_version' | cut -d' ' -f1), Apache Kafka $KAFKA_VERSION. Command: \`scripts/bench.sh $N\`.
+
+| | figure |
+|---|---|
+| workload | $N notifications, 180 tables (5 services x 4 servicepaths x 3 types), 60/30/10 % historic/lastdata/mutable |
+| rows | $rows (written $written, stale ignored $stale, error-logged $errors) |
+| PostgreSQL COPY, same rows, 1 connection | $(printf %.0f "$copy_rate") rows/s ($(echo "scale=1; $copy_cpu * 1000000 / $rows" | bc -l) µs PostgreSQL CPU per row) |
+| PostgreSQL 500-row INSERT ... VALUES, same rows | $(printf %.0f "$insert_rate") rows/s ($(echo "scale=1; $insert_cpu * 1000000 / $rows" | bc -l) µs PostgreSQL CPU per row) |
+| ngsiflow end-to-end drain (backlog to committed rows) | $(printf %.0f "$rate") notifications/s, $(printf %.0f "$row_rate") rows/s = **$(printf %.2f "$(echo "$row_rate / $insert_rate" | bc -l)"x INSERT**, $(printf %.2f "$(echo "$row_rate / $copy_rate" | bc -l)")x COPY |
+| CPU per notification: worker / PostgreSQL / broker | $worker_us / $pg_us / $broker_us µs |
+| worker peak RSS | $peak_rss MiB |
+| notification-to-commit latency at $half notifications/s (half rate), p50 / p95 / p99 | $p50 / $p95 / $p99 ms |
 REPORT
 )
 echo "$report" | tee "$OUT/report.md"
-print_row_counts "postgres://postgres@127.0.0.1:5432/$DB"
+[ -f docs/benchmarks.md ] || printf '# Benchmark history\n\nEach entry is one run of `scripts/bench.sh` (newest last).\n' >docs/benchmarks.md
+printf '\n%s\n' "$report" >>docs/benchmarks.md

@@ -13,7 +13,7 @@
 //!   metadata, binding, the writer, error log tables, readable statements; the only
 //!   tokio-postgres user);
 //! * shell: [`app`] (wiring and shutdown), [`admin`] (HTTP server), [`cli`], [`config`],
-//!   [`produce`] (CLI producer).
+//!   [`produce`] (CLI producer), [`workload`] (the benchmark's multi-tenant workload).
 //!
 //! # Delivery guarantee
 //! At least once, with idempotent replays. A flow's consumer accumulates a flush window (batch
@@ -42,3 +42,4 @@ pub mod postgis;
 pub mod produce;
 pub mod route;
 pub mod text;
+pub mod workload;

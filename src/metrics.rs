@@ -59,6 +59,9 @@ pub struct Metrics {
     pub by_service: IntCounterVec,
     /// `message_processing_duration_seconds{flow}` histogram.
     pub processing_duration: HistogramVec,
+    /// `ngsiflow_commit_latency_seconds{flow}`: from a record's Kafka timestamp (the
+    /// producer's CreateTime) to the commit of its offset — notification-to-commit latency.
+    pub commit_latency: HistogramVec,
     /// `ngsiflow_records_total{flow,outcome}`.
     pub records: IntCounterVec,
     /// `ngsiflow_db_write_duration_seconds{flow}`: one flush window's transaction.
@@ -161,6 +164,7 @@ impl Metrics {
             dead_letter: counter("ngsiflow_dead_letter_total", "Copies of failed records sent to the dead-letter topic.", &["flow"]),
             error_log_failures: counter("ngsiflow_error_log_failures_total", "Error log rows that could not be written (the dead-letter copy remains).", &["flow"]),
             partitions_assigned: igauge("ngsiflow_partitions_assigned", "Partitions currently assigned to the flow's consumer.", &["flow"]),
+            commit_latency: histogram("ngsiflow_commit_latency_seconds", "Seconds from a record's Kafka timestamp (producer CreateTime) to the commit of its offset.", &["flow"], vec![0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
             window_write_age: {
                 let g = GaugeVec::new(Opts::new("ngsiflow_window_write_age_seconds", "Seconds the flush window write in progress has taken so far (0 when none)."), &["flow"]).expect("valid metric");
                 registry.register(Box::new(g.clone())).expect("unique metric");
@@ -196,6 +200,7 @@ impl Metrics {
                 m.records.with_label_values(&[f, o]);
             }
             m.db_write_duration.with_label_values(&[f]);
+            m.commit_latency.with_label_values(&[f]);
             m.db_batch_rows.with_label_values(&[f]);
             for c in ["transient", "permanent"] {
                 m.db_errors.with_label_values(&[f, c]);

@@ -27,6 +27,17 @@ pub enum Target {
     All,
 }
 
+/// What `ngsiflow produce` generates when no file is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// The built-in samples (every NGSI value type and geometry) for `--service`/`--servicepath`.
+    Samples,
+    /// The benchmark's multi-tenant stream ([`crate::workload`]): 5 services × 4 servicepaths ×
+    /// 3 entity types over the three raw topics (60/30/10 %), each message with its own headers;
+    /// `--count` counts messages in all, `--rate` is messages per second in all.
+    MultiTenant,
+}
+
 /// Flags of `ngsiflow produce`.
 #[derive(Debug, Clone, Args)]
 pub struct ProduceArgs {
@@ -75,6 +86,16 @@ pub struct ProduceArgs {
     /// they override the named flags.
     #[arg(short = 'X', long = "kafka-config", value_parser = crate::config::parse_kv)]
     pub kafka_config: Vec<(String, String)>,
+    /// What to generate without `--file`.
+    #[arg(long, value_enum, default_value = "samples", conflicts_with = "file")]
+    pub workload: Workload,
+    /// Index of the first generated message (a later run continues a stream without repeating
+    /// its TimeInstants).
+    #[arg(long, default_value_t = 0)]
+    pub first: u64,
+    /// Print the DDL of the multi-tenant workload's 180 tables and exit (nothing is sent).
+    #[arg(long)]
+    pub print_ddl: bool,
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
@@ -191,7 +212,16 @@ fn read_file(path: &PathBuf) -> Result<Vec<Vec<u8>>, ProduceError> {
 /// # Errors
 /// [`ProduceError`] for an unreadable file, a Kafka error, or undelivered messages.
 pub async fn run(args: ProduceArgs) -> Result<(), ProduceError> {
+    if args.print_ddl {
+        print!("{}", crate::workload::ddl());
+        return Ok(());
+    }
+    let multi = args.workload == Workload::MultiTenant && args.file.is_none();
     let topics: Vec<(String, bool)> = match (&args.topic, args.flow) {
+        _ if multi => ["historic", "lastdata", "mutable"]
+            .iter()
+            .map(|f| (format!("{}raw_{f}", args.topic_prefix), false))
+            .collect(),
         (Some(t), _) => vec![(t.clone(), false)],
         (None, Target::All) => ["historic", "lastdata", "mutable"]
             .iter()
@@ -238,19 +268,42 @@ pub async fn run(args: ProduceArgs) -> Result<(), ProduceError> {
     let mut in_flight = VecDeque::new();
     let mut failed = 0u64;
     let mut sent = 0u64;
-    let total = count * topics.len() as u64;
-    for i in 0..count {
+    let total = if multi {
+        count
+    } else {
+        count * topics.len() as u64
+    };
+    for i in args.first..args.first + count {
         if args.rate > 0.0 {
-            let due = started + Duration::from_secs_f64(i as f64 / args.rate);
+            let due = started + Duration::from_secs_f64((i - args.first) as f64 / args.rate);
             tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
         }
+        let generated = multi.then(|| crate::workload::message(i, args.entities));
         for (topic, lastdata) in &topics {
-            let value = match &file {
-                Some(f) if !f.is_empty() => f[(i as usize) % f.len()].clone(),
-                Some(_) => {
+            let (value, message_headers) = match (&file, &generated) {
+                (_, Some(m)) if !topic.ends_with(&format!("raw_{}", m.flow)) => continue,
+                (_, Some(m)) => (
+                    m.value.to_string().into_bytes(),
+                    OwnedHeaders::new()
+                        .insert(Header {
+                            key: "Fiware-Service",
+                            value: Some(m.service),
+                        })
+                        .insert(Header {
+                            key: "Fiware-Servicepath",
+                            value: Some(m.servicepath),
+                        }),
+                ),
+                (Some(f), _) if !f.is_empty() => {
+                    (f[(i as usize) % f.len()].clone(), headers.clone())
+                }
+                (Some(_), _) => {
                     return Err(ProduceError::Input("the file holds no notification".into()))
                 }
-                None => sample(i, args.entities, *lastdata).to_string().into_bytes(),
+                (None, None) => (
+                    sample(i, args.entities, *lastdata).to_string().into_bytes(),
+                    headers.clone(),
+                ),
             };
             // Keyed by the first entity id, so one entity's notifications keep their order
             // within a partition (Orion itself sends null keys).
@@ -258,7 +311,7 @@ pub async fn run(args: ProduceArgs) -> Result<(), ProduceError> {
             loop {
                 let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
                     .payload(value.as_slice())
-                    .headers(headers.clone());
+                    .headers(message_headers.clone());
                 if let Some(k) = &key {
                     record = record.key(k.as_bytes());
                 }

@@ -76,6 +76,7 @@ fn inbound(m: &BorrowedMessage<'_>) -> Inbound {
         offset: m.offset(),
         key: m.key().map(<[u8]>::to_vec),
         payload: m.payload().map(<[u8]>::to_vec),
+        timestamp_ms: m.timestamp().to_millis(),
         headers: headers(m),
     }
 }

@@ -191,8 +191,16 @@ impl FlowHandle {
             .inc_by(n);
     }
 
-    /// The window's messages are done: per-tenant results, processing durations, `/health`.
+    /// The window's messages are done: per-tenant results, processing durations, commit
+    /// latency from each record's Kafka timestamp, `/health`.
     pub(crate) fn messages_done(&self, window: &FlushWindow) {
+        let now_ms = Utc::now().timestamp_millis();
+        let latency = self.metrics.commit_latency.with_label_values(&[&self.flow]);
+        for m in window.finished_messages() {
+            if let Some(ts) = m.record.timestamp_ms {
+                latency.observe((now_ms - ts).max(0) as f64 / 1000.0);
+            }
+        }
         self.metrics.messages_done(
             &self.flow,
             window.finished_messages().map(|h| {

@@ -12,6 +12,9 @@ pub(crate) struct Inbound {
     pub(crate) key: Option<Vec<u8>>,
     /// Value bytes; `None` for a tombstone.
     pub(crate) payload: Option<Vec<u8>>,
+    /// The record's Kafka timestamp (producer CreateTime or broker LogAppendTime), in unix
+    /// milliseconds, when it has one: where the commit-latency histogram starts.
+    pub(crate) timestamp_ms: Option<i64>,
     /// Headers `(name, value)` in order (a header without a value has an empty one); `Err` when
     /// they cannot be read (a name that is not UTF-8), which makes the record bad input.
     pub(crate) headers: Result<Vec<(String, Vec<u8>)>, String>,

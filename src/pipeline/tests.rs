@@ -137,6 +137,7 @@ impl DeadLetterSink for FakeDeadLetters {
 /// A record of tenant `demo`, servicepath `/city`.
 pub(super) fn record(partition: i32, offset: i64, payload: &str) -> Inbound {
     Inbound {
+        timestamp_ms: None,
         partition,
         offset,
         key: None,
