@@ -441,8 +441,9 @@ async fn a_database_that_hangs_times_out_and_is_retried_as_transient() {
         "a hang is never bad data"
     );
     println!(
-        "hung database: sent 200, written {n}, lost 0, duplicated 0, error-log rows 0; hung {:.1} s, write age seen {saw_age:.1} s, backlog drained {drained:.1} s after it answered again",
-        back.duration_since(hung_at).as_secs_f64()
+        "hung database: sent 200, written {n}, lost 0, duplicated 0, error-log rows 0; hung {:.1} s, write age seen {saw_age:.1} s, backlog drained {drained:.1} s after it answered again; peak RSS {:.0} MiB",
+        back.duration_since(hung_at).as_secs_f64(),
+        w.peak_rss_mib()
     );
 }
 
@@ -517,7 +518,8 @@ async fn a_restarted_or_frozen_broker_is_survived_without_loss() {
     );
     assert!(db.error_rows("demo").await.is_empty());
     println!(
-        "broker faults: sent 900, written 900, lost 0, duplicated 0; restart: all rows {restart_recovery:.1} s after the stop; freeze: /ready 503 after {noticed:.1} s, ready again {thawed_ready:.1} s after thawing"
+        "broker faults: sent 900, written 900, lost 0, duplicated 0, error-log rows 0; restart: all rows {restart_recovery:.1} s after the stop; freeze: /ready 503 after {noticed:.1} s, ready again {thawed_ready:.1} s after thawing; peak RSS {:.0} MiB",
+        w.peak_rss_mib()
     );
 }
 
@@ -584,7 +586,9 @@ async fn three_workers_share_six_partitions_and_a_killed_one_hands_over() {
         "the survivors own every partition: {owned:?}"
     );
     println!(
-        "scale-out: 3 workers × 6 partitions; first 1500 shared {shares:?}; after a SIGKILL the survivors own {owned:?} and all 3000 rows landed {handover:.1} s after the kill; lost 0, duplicated 0"
+        "scale-out: 3 workers × 6 partitions; first 1500 shared {shares:?}; after a SIGKILL the survivors own {owned:?} and all 3000 rows landed {handover:.1} s after the kill; lost 0, duplicated 0; peak RSS of the survivors {:.0}/{:.0} MiB",
+        workers[1].peak_rss_mib(),
+        workers[2].peak_rss_mib()
     );
 }
 
