@@ -190,6 +190,7 @@ fn metrics(state: &AdminState, req: &Request<Incoming>) -> Resp {
         );
     }
     let now_ms = Utc::now().timestamp_millis();
+    let limit = crate::kafka::broker_silence_limit_ms(state.config.args.kafka_stats_ms);
     for (name, s) in &state.flows {
         let m = &state.metrics;
         m.window_write_age
@@ -197,7 +198,7 @@ fn metrics(state: &AdminState, req: &Request<Incoming>) -> Resp {
             .set(s.write_age_seconds(now_ms));
         m.broker_reachable
             .with_label_values(&[name])
-            .set(i64::from(s.broker_problem(now_ms).is_none()));
+            .set(i64::from(s.broker_problem(now_ms, limit).is_none()));
     }
     let mut r = Response::new(Full::new(Bytes::from(state.metrics.render())));
     r.headers_mut().insert(
@@ -255,7 +256,11 @@ pub fn health(state: &AdminState) -> serde_json::Value {
                     "writeInProgressSeconds".into(),
                     round6(s.write_age_seconds(now_ms)).into(),
                 );
-                obj.insert("brokerProblem".into(), s.broker_problem(now_ms).into());
+                let limit = crate::kafka::broker_silence_limit_ms(state.config.args.kafka_stats_ms);
+                obj.insert(
+                    "brokerProblem".into(),
+                    s.broker_problem(now_ms, limit).into(),
+                );
             }
             v
         })
@@ -299,7 +304,8 @@ async fn ready(state: &AdminState) -> Resp {
         if s.assigned() == 0 {
             reasons.push(format!("flow {name} has no partitions assigned"));
         }
-        if let Some(problem) = s.broker_problem(Utc::now().timestamp_millis()) {
+        let limit = crate::kafka::broker_silence_limit_ms(state.config.args.kafka_stats_ms);
+        if let Some(problem) = s.broker_problem(Utc::now().timestamp_millis(), limit) {
             reasons.push(format!("flow {name} {problem}"));
         }
     }

@@ -175,6 +175,7 @@ pub async fn run(
             linger: Duration::from_millis(args.linger_ms),
             max_backoff: Duration::from_millis(args.retry_max_backoff_ms),
             locked: Default::default(),
+            holding_back: false,
         });
     }
 

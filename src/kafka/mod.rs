@@ -126,8 +126,8 @@ pub struct FlowStatus {
     /// 500 ms) and group heartbeat (2 s), paused or not. Statistics arrive while the flow polls
     /// its consumer, so a flow blocked in a commit to a frozen broker shows as silent too.
     pub broker_heard_ms: AtomicI64,
-    /// True while the last offset commit failed.
-    pub commit_failing: AtomicBool,
+    /// Unix time in milliseconds of the last offset commit that failed, 0 once one succeeds.
+    pub commit_failed_ms: AtomicI64,
     /// Unix time in milliseconds at which the window write in progress started; 0 when none.
     /// A write held by a lock or a slow statement shows here (and in
     /// `ngsiflow_window_write_age_seconds`) before its timeout fires.
@@ -135,9 +135,16 @@ pub struct FlowStatus {
 }
 
 /// How long a flow's consumer may hear nothing from any broker before `/ready` reports that it
-/// cannot reach the broker (a frozen or partitioned broker keeps its TCP connections open, so
-/// librdkafka alone would notice only after `socket.timeout.ms`, 60 s).
-pub const BROKER_SILENCE_LIMIT_MS: i64 = 10_000;
+/// cannot reach the broker, at least (a frozen or partitioned broker keeps its TCP connections
+/// open, so librdkafka alone would notice only after `socket.timeout.ms`, 60 s): 10 s, or three
+/// statistics intervals when those are longer (silence is only seen through statistics).
+pub fn broker_silence_limit_ms(stats_interval_ms: u64) -> i64 {
+    (3 * stats_interval_ms as i64).max(10_000)
+}
+
+/// How long a failed offset commit keeps `/ready` at 503 unless one succeeds first: an idle
+/// flow has nothing to commit again, and a failure during a rebalance heals by itself.
+const COMMIT_FAILURE_SHOWN_MS: i64 = 60_000;
 
 impl FlowStatus {
     /// Partitions assigned now.
@@ -148,17 +155,18 @@ impl FlowStatus {
     /// Why the flow cannot reach the broker now (`now_ms`, unix milliseconds), if it cannot.
     /// Not judged while a window write is in progress: the flow does not poll its consumer then,
     /// and the write's age says why.
-    pub fn broker_problem(&self, now_ms: i64) -> Option<String> {
+    pub fn broker_problem(&self, now_ms: i64, silence_limit_ms: i64) -> Option<String> {
         if self.write_started_ms.load(Ordering::Relaxed) != 0 {
             return None;
         }
-        if self.commit_failing.load(Ordering::Relaxed) {
+        let failed = self.commit_failed_ms.load(Ordering::Relaxed);
+        if failed != 0 && now_ms - failed < COMMIT_FAILURE_SHOWN_MS {
             return Some("cannot commit offsets".into());
         }
         match self.broker_heard_ms.load(Ordering::Relaxed) {
             0 => None,
             -1 => Some("has no broker connection up".into()),
-            t if now_ms - t > BROKER_SILENCE_LIMIT_MS => Some(format!(
+            t if now_ms - t > silence_limit_ms => Some(format!(
                 "has heard nothing from the broker for {} s",
                 (now_ms - t) / 1000
             )),
@@ -196,7 +204,8 @@ impl FlowContext {
 
 impl ClientContext for FlowContext {
     fn stats(&self, statistics: Statistics) {
-        let now_ms = chrono::Utc::now().timestamp_millis();
+        // The statistics' own time (seconds): an event served late must not look fresh.
+        let now_ms = statistics.time * 1000;
         let heard = statistics
             .brokers
             .values()

@@ -184,7 +184,13 @@ fn check_shape(kind: &str, coords: &Json) -> Result<(), String> {
                 pts.len()
             ));
         }
-        if pts.first() != pts.last() {
+        // Compared as numbers: `[0, 0]` closes a ring opened by `[0.0, 0.0]`.
+        let position = |p: Option<&Json>| -> Vec<f64> {
+            p.and_then(Json::as_array)
+                .map(|a| a.iter().filter_map(Json::as_f64).collect())
+                .unwrap_or_default()
+        };
+        if position(pts.first()) != position(pts.last()) {
             return Err("Polygon ring is not closed (first position != last position)".into());
         }
         Ok(())
@@ -383,6 +389,12 @@ mod tests {
         .unwrap();
         let ty = u32::from_le_bytes(ewkb[1..5].try_into().unwrap());
         assert!(ty & 0x8000_0000 != 0, "Z flag set");
+    }
+
+    #[test]
+    fn a_ring_closes_on_equal_numbers_whatever_their_spelling() {
+        let v = json!({"type": "Polygon", "coordinates": [[[0.0, 0.0], [0, 1], [1, 1], [0, 0]]]});
+        assert!(to_ewkb("geo:json", &v, 4326).is_ok());
     }
 
     #[test]

@@ -126,7 +126,12 @@ impl FlowHandle {
 
     /// Whether the last offset commit failed (`/ready`).
     pub(crate) fn set_commit_failing(&self, failing: bool) {
-        self.status.commit_failing.store(failing, Ordering::Relaxed);
+        let at = if failing {
+            Utc::now().timestamp_millis()
+        } else {
+            0
+        };
+        self.status.commit_failed_ms.store(at, Ordering::Relaxed);
     }
 
     /// A window write started (`Some(unix ms)`) or ended (`None`): `/health` and

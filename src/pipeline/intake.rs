@@ -34,6 +34,7 @@ pub(crate) fn intake(settings: &IntakeSettings, record: &Inbound, now: DateTime<
     let origin = RecordOrigin {
         partition: record.partition,
         offset: record.offset,
+        timestamp_ms: record.timestamp_ms,
     };
     let at = Logged {
         spec: &settings.spec,

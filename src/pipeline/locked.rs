@@ -40,6 +40,11 @@ impl LockedTables {
         self.tables.values().map(|r| r.at).min()
     }
 
+    /// Forgets the tables no record waits for any more (their records were revoked).
+    pub(crate) fn retain(&mut self, waiting_for: &HashSet<&TableRef>) {
+        self.tables.retain(|t, _| waiting_for.contains(t));
+    }
+
     /// True when `table` was found locked and not written since.
     pub(crate) fn contains(&self, table: &TableRef) -> bool {
         self.tables.contains_key(table)

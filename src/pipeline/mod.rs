@@ -50,12 +50,19 @@ pub(crate) struct FlowProcessor<C, S, D> {
     pub(crate) max_backoff: Duration,
     /// Tables found locked by another session, with their retry times.
     pub(crate) locked: LockedTables,
+    /// True while fetching is paused because too much waits for locked tables (not the
+    /// database-outage pause, which `/health` and `ngsiflow_flow_paused` report).
+    pub(crate) holding_back: bool,
 }
 
 /// Records carried over for locked tables, as a multiple of the batch size, beyond which the
 /// flow stops fetching until a locked table is written: what bounds memory while a table stays
 /// locked (the other tables are written meanwhile).
 const MAX_CARRIED_BATCHES: usize = 10;
+
+/// Value bytes of carried messages beyond which the flow stops fetching likewise (a carried
+/// message keeps its whole record for a possible dead-letter copy).
+const MAX_CARRIED_BYTES: usize = 64 << 20;
 
 /// How a write attempt loop ended.
 enum Retry {
@@ -115,6 +122,10 @@ where
                             // A rebalance is served inside recv(): drop what was revoked before
                             // adding a message of the (possibly new) assignment.
                             self.drop_revoked(&mut window, &mut held);
+                            if self.holding_back {
+                                // From a partition assigned since the hold-back began.
+                                self.consumer.pause_all();
+                            }
                             self.add(&mut window, m);
                         }
                         Err(e) => {
@@ -181,6 +192,12 @@ where
         cancel: &CancellationToken,
     ) -> bool {
         if window.written().is_none() {
+            // A rebalance may have been served without a message to show for it: what was
+            // revoked belongs to its new owner now and must not be written here.
+            self.drop_revoked(window, held);
+            if window.is_empty() {
+                return true;
+            }
             match self.write(window, held, cancel).await {
                 Retry::Written(outcome) => self.settle(window, outcome),
                 Retry::Cancelled => return false,
@@ -197,49 +214,58 @@ where
         self.commit(window);
         self.report(window);
         *window = window.carry_over();
-        self.handle
-            .set_carried(window.carried_records(), self.locked.len());
+        self.carried_changed(window);
         self.hold_back_while_locked(window, held, cancel).await
     }
 
-    /// While more than [`MAX_CARRIED_BATCHES`] batches of records wait for locked tables, stops
-    /// fetching (paused, serving the consumer) until the first of those tables may be tried
-    /// again. False when cancelled meanwhile.
+    /// After the carried records changed: forget locked tables nothing waits for any more,
+    /// update the gauges, and resume fetching if the hold-back bound is no longer reached.
+    fn carried_changed(&mut self, window: &FlushWindow) {
+        self.locked.retain(&window.tables());
+        self.handle
+            .set_carried(window.carried_records(), self.locked.len());
+        if self.holding_back && !Self::over_bound(window, self.batch_size) {
+            self.holding_back = false;
+            self.consumer.resume_all();
+            tracing::info!(flow = %self.flow(), "records waiting for locked tables back under the bound: fetching resumed");
+        }
+    }
+
+    fn over_bound(window: &FlushWindow, batch_size: usize) -> bool {
+        window.carried_records() >= batch_size * MAX_CARRIED_BATCHES
+            || window.carried_bytes() >= MAX_CARRIED_BYTES
+    }
+
+    /// While more than [`MAX_CARRIED_BATCHES`] batches of records (or [`MAX_CARRIED_BYTES`])
+    /// wait for locked tables, stops fetching (paused, serving the consumer) until the first of
+    /// those tables may be tried again. False when cancelled meanwhile.
     async fn hold_back_while_locked(
         &mut self,
-        window: &FlushWindow,
+        window: &mut FlushWindow,
         held: &mut VecDeque<Inbound>,
         cancel: &CancellationToken,
     ) -> bool {
-        let over = window.carried_records() >= self.batch_size * MAX_CARRIED_BATCHES;
-        if !over {
-            if self
-                .handle
-                .status()
-                .paused
-                .load(std::sync::atomic::Ordering::Relaxed)
-            {
-                self.set_paused(false);
-            }
+        if !Self::over_bound(window, self.batch_size) {
             return true;
         }
-        if !self
-            .handle
-            .status()
-            .paused
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            tracing::warn!(flow = %self.flow(), carried = window.carried_records(), "records waiting for locked tables reached the bound: fetching paused");
-            self.set_paused(true);
+        if !self.holding_back {
+            tracing::warn!(flow = %self.flow(), carried = window.carried_records(), bytes = window.carried_bytes(), "records waiting for locked tables reached the bound: fetching paused");
+            self.holding_back = true;
         }
+        // Again each time: a database retry in between resumes every partition.
+        self.consumer.pause_all();
         let wait = self
             .locked
             .next_retry()
             .map_or(self.linger, |t| t.saturating_duration_since(Instant::now()));
-        !matches!(
-            self.wait_serving_consumer(wait, held, cancel).await,
-            Some(Retry::Cancelled)
-        )
+        match self.wait_serving_consumer(wait, held, cancel).await {
+            Some(Retry::Cancelled) => false,
+            Some(Retry::Revoked) => {
+                self.drop_revoked(window, held);
+                true
+            }
+            _ => true,
+        }
     }
 
     /// Takes the sink's verdict into the window: rows PostgreSQL rejected become failures, and
@@ -338,9 +364,16 @@ where
             .build();
         let error_rows = window.error_rows();
         let mut paused = false;
-        self.handle
-            .set_write_started(Some(Utc::now().timestamp_millis()));
         let result = loop {
+            if self
+                .handle
+                .status()
+                .revoked
+                .lock()
+                .is_ok_and(|r| !r.is_empty())
+            {
+                break Retry::Revoked;
+            }
             let attempt = Instant::now();
             let waiting = self.locked.waiting(attempt);
             let w = WindowWrite {
@@ -350,7 +383,10 @@ where
                 now: Utc::now(),
                 locked: &waiting,
             };
+            self.handle
+                .set_write_started(Some(Utc::now().timestamp_millis()));
             let written = self.sink.write_window(w).await;
+            self.handle.set_write_started(None);
             let e = match written {
                 Ok(o) => {
                     // Only the successful attempt is timed: backoff is not database latency.
@@ -372,7 +408,6 @@ where
                 break stop;
             }
         };
-        self.handle.set_write_started(None);
         if paused {
             self.set_paused(false);
             if matches!(result, Retry::Written(_)) {
@@ -437,7 +472,7 @@ where
     /// Drops the messages of revoked partitions from the window (and the held queue): their
     /// new owner re-reads them from the committed offset, and writing them here too could
     /// apply an older record after a newer one. The rest of the window stays as decoded.
-    fn drop_revoked(&self, window: &mut FlushWindow, held: &mut VecDeque<Inbound>) {
+    fn drop_revoked(&mut self, window: &mut FlushWindow, held: &mut VecDeque<Inbound>) {
         let revoked: Vec<i32> = match self.handle.status().revoked.lock() {
             Ok(mut r) if !r.is_empty() => std::mem::take(&mut *r),
             _ => return,
@@ -447,6 +482,7 @@ where
         if dropped > 0 {
             tracing::info!(flow = %self.flow(), partitions = ?revoked, dropped, "partitions revoked: their uncommitted messages are left to the new owner");
         }
+        self.carried_changed(window);
     }
 }
 

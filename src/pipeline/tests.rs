@@ -68,6 +68,8 @@ struct FakeSink {
     rejects: HashSet<String>,
     stored: HashSet<String>,
     transient: Arc<AtomicUsize>,
+    /// Calls during which the table of entities named `L…` is locked by another session.
+    locked_calls: Arc<AtomicUsize>,
     written: Arc<Mutex<Vec<String>>>,
     error_rows: Arc<Mutex<Vec<ErrorLogRow>>>,
 }
@@ -91,9 +93,15 @@ impl WindowSink for FakeSink {
         }
         let mut out = WindowOutcome::default();
         let mut rows = error_rows.to_vec();
+        let locked = self.locked_calls.load(Ordering::SeqCst) > 0;
         for (i, item) in items.iter().enumerate() {
             let id = entity_id(item);
-            if self.rejects.contains(&id) {
+            if locked && id.starts_with('L') {
+                out.deferred.push(i);
+                if !out.locked.contains(&item.op.target) {
+                    out.locked.push(item.op.target.clone());
+                }
+            } else if self.rejects.contains(&id) {
                 let f = ItemFailure {
                     item: i,
                     error: format!("ERROR: {id} rejected"),
@@ -116,6 +124,9 @@ impl WindowSink for FakeSink {
             }
         }
         self.error_rows.lock().unwrap().extend(rows);
+        if locked {
+            self.locked_calls.fetch_sub(1, Ordering::SeqCst);
+        }
         Ok(out)
     }
 }
@@ -184,6 +195,7 @@ fn flow_loop<D>(
         linger: Duration::from_millis(10),
         max_backoff: Duration::from_millis(20),
         locked: Default::default(),
+        holding_back: false,
     }
 }
 
@@ -193,6 +205,7 @@ struct Case {
     rejects: &'static [&'static str],
     stored: &'static [&'static str],
     transient: usize,
+    locked_calls: usize,
     revoke_at: Option<((i32, i64), i32)>,
     /// Entity ids written, in order.
     written: &'static [&'static str],
@@ -217,6 +230,7 @@ async fn run_case(case: Case) {
         rejects: case.rejects.iter().map(|s| s.to_string()).collect(),
         stored: case.stored.iter().map(|s| s.to_string()).collect(),
         transient: Arc::new(AtomicUsize::new(case.transient)),
+        locked_calls: Arc::new(AtomicUsize::new(case.locked_calls)),
         ..FakeSink::default()
     };
     let dead_letters = FakeDeadLetters::default();
@@ -273,6 +287,27 @@ async fn run_case(case: Case) {
 async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
     let cases = vec![
         Case {
+            name: "a locked table waits while the others are written, then its offset catches up",
+            input: vec![
+                record(0, 0, &notification(&["L1"])),
+                record(0, 1, &notification(&["A"])),
+                record(0, 2, &notification(&["B", "L2"])),
+                record(0, 3, &notification(&["C"])),
+            ],
+            rejects: &[],
+            stored: &[],
+            transient: 0,
+            locked_calls: 1,
+            revoke_at: None,
+            written: &["A", "B", "C", "L1", "L2"],
+            error_rows: 0,
+            dead_letter_offsets: &[],
+            // Held at 0 while L1 waits, then past C (finished in the first window), not just
+            // past the last carried message.
+            committed: &[(0, 4)],
+            replayed: 0,
+        },
+        Case {
             name: "good records",
             input: vec![
                 record(0, 0, &notification(&["A", "B"])),
@@ -281,6 +316,7 @@ async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
             rejects: &[],
             stored: &[],
             transient: 0,
+            locked_calls: 0,
             revoke_at: None,
             written: &["A", "B", "C"],
             error_rows: 0,
@@ -297,6 +333,7 @@ async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
             rejects: &[],
             stored: &[],
             transient: 0,
+            locked_calls: 0,
             revoke_at: None,
             written: &["A"],
             error_rows: 1,
@@ -313,6 +350,7 @@ async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
             rejects: &["R"],
             stored: &[],
             transient: 0,
+            locked_calls: 0,
             revoke_at: None,
             written: &["A", "B"],
             error_rows: 1,
@@ -326,6 +364,7 @@ async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
             rejects: &[],
             stored: &["P"],
             transient: 0,
+            locked_calls: 0,
             revoke_at: None,
             written: &["N"],
             error_rows: 0,
@@ -343,6 +382,7 @@ async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
             rejects: &[],
             stored: &[],
             transient: 0,
+            locked_calls: 0,
             revoke_at: Some(((0, 1), 1)),
             written: &["A", "C"],
             error_rows: 0,
@@ -356,6 +396,7 @@ async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
             rejects: &[],
             stored: &[],
             transient: 2,
+            locked_calls: 0,
             revoke_at: None,
             written: &["A"],
             error_rows: 1,

@@ -97,6 +97,11 @@ pub(crate) struct FlushWindow {
     records: usize,
     /// Records of carried messages (see [`FlushWindow::carry_over`]).
     carried_records: usize,
+    /// Value bytes of carried messages (each keeps its whole record for dead-letter copies).
+    carried_bytes: usize,
+    /// Per partition, the offset after the last message of earlier windows that finished: a
+    /// partition's commit never falls back below it once its carried messages are written.
+    floor: BTreeMap<i32, i64>,
     /// When the first message that is not carried arrived.
     opened: Option<Instant>,
     /// Set once the window's transaction committed: a later flush of the same window (after
@@ -148,6 +153,16 @@ impl FlushWindow {
     /// Records carried over from earlier windows, waiting for a locked table.
     pub(crate) fn carried_records(&self) -> usize {
         self.carried_records
+    }
+
+    /// Value bytes held by the carried messages.
+    pub(crate) fn carried_bytes(&self) -> usize {
+        self.carried_bytes
+    }
+
+    /// The tables the window's records go to.
+    pub(crate) fn tables(&self) -> std::collections::HashSet<&crate::route::TableRef> {
+        self.items.iter().map(|i| &i.op.target).collect()
     }
 
     /// Adds a message and what was decoded from it; returns its id.
@@ -262,6 +277,7 @@ impl FlushWindow {
     /// Drops the messages of `partitions` and everything decoded from them, keeping the rest
     /// as they were decoded (same receive times); returns how many messages were dropped.
     pub(crate) fn drop_partitions(&mut self, partitions: &[i32]) -> usize {
+        self.floor.retain(|p, _| !partitions.contains(p));
         if !self
             .messages
             .iter()
@@ -312,6 +328,12 @@ impl FlushWindow {
             .filter(|m| m.carried)
             .map(|m| m.records)
             .sum();
+        self.carried_bytes = self
+            .messages
+            .iter()
+            .filter(|m| m.carried)
+            .map(|m| m.record.payload.as_ref().map_or(0, Vec::len))
+            .sum();
         self.opened = self
             .messages
             .iter()
@@ -335,7 +357,7 @@ impl FlushWindow {
     /// restart re-reads it (the messages after it that were written are replayed as no-ops).
     pub(crate) fn commit_offsets(&self) -> BTreeMap<i32, i64> {
         let pending = self.pending();
-        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut next: BTreeMap<i32, i64> = self.floor.clone();
         let mut held_back: BTreeMap<i32, i64> = BTreeMap::new();
         for (i, m) in self.messages.iter().enumerate() {
             let (p, o) = (m.record.partition, m.record.offset);
@@ -365,13 +387,23 @@ impl FlushWindow {
     /// with deferred records, holding only those records, in order (their failures, error-log
     /// rows and dead letters are settled). Empty when nothing was deferred.
     pub(crate) fn carry_over(&mut self) -> FlushWindow {
-        let deferred = self
+        let floor = self.commit_offsets_ignoring_pending();
+        let mut deferred = self
             .written
             .as_mut()
             .map(|o| std::mem::take(&mut o.deferred))
             .unwrap_or_default();
+        if deferred.is_empty() {
+            // Everything is committed up to the last message: nothing to remember.
+            return FlushWindow::default();
+        }
+        deferred.sort_unstable();
+        deferred.dedup();
         let mut items = std::mem::take(&mut self.items).into_iter().enumerate();
-        let mut next = FlushWindow::default();
+        let mut next = FlushWindow {
+            floor,
+            ..FlushWindow::default()
+        };
         // old message id -> new id
         let mut renumber: BTreeMap<MessageId, MessageId> = BTreeMap::new();
         let mut messages: Vec<Option<HeldMessage>> = std::mem::take(&mut self.messages)
@@ -396,6 +428,21 @@ impl FlushWindow {
         }
         next.records = next.items.len();
         next.carried_records = next.items.len();
+        next.carried_bytes = next
+            .messages
+            .iter()
+            .map(|m| m.record.payload.as_ref().map_or(0, Vec::len))
+            .sum();
+        next
+    }
+
+    /// Per partition, the offset after the last message held (and after earlier windows').
+    fn commit_offsets_ignoring_pending(&self) -> BTreeMap<i32, i64> {
+        let mut next = self.floor.clone();
+        for m in &self.messages {
+            let e = next.entry(m.record.partition).or_insert(0);
+            *e = (*e).max(m.record.offset + 1);
+        }
         next
     }
 }

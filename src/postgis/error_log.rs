@@ -5,7 +5,7 @@
 //! `fiware-service` header chosen by a sender cannot make the worker create schemas. Rows of
 //! other tenants go to one fallback error log, their service named in the error text.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::Transaction;
@@ -13,7 +13,7 @@ use tokio_postgres::Transaction;
 use crate::route::{error_log_table, TableRef};
 use crate::text::truncate;
 
-use super::error::{classify, describe, is_error_log_recreatable, ErrorClass};
+use super::error::{classify, describe, is_error_log_recreatable, is_lock_timeout, ErrorClass};
 use super::{sql, transient, ErrorLogFailure, ErrorLogRow, TransientError, WindowOutcome};
 
 /// Longest error text stored in the error log (Kafnus's limit).
@@ -22,11 +22,25 @@ const MAX_ERROR_CHARS: usize = 4000;
 /// Longest service name quoted in a fallback error-log row.
 const MAX_SERVICE_CHARS: usize = 128;
 
-/// Where error-log rows go, and which tables this connection already made sure of.
+/// Where error-log rows go, and the shape of each table this connection already looked at.
 #[derive(Debug)]
 pub(crate) struct ErrorLogs {
-    ensured: HashSet<TableRef>,
+    ensured: HashMap<TableRef, Shape>,
     fallback: TableRef,
+}
+
+/// How an error-log table takes rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// It has `source` under a unique index: rows are inserted `ON CONFLICT DO NOTHING`.
+    Keyed,
+    /// An existing table that could not be given its key (the worker's role does not own it,
+    /// it stayed locked, or its rows repeat a `source`): rows are inserted without the replay
+    /// check, with `source` when the column exists.
+    Unkeyed {
+        /// The table has a `source` column.
+        source: bool,
+    },
 }
 
 /// Rows bound for one table.
@@ -41,14 +55,14 @@ impl ErrorLogs {
     /// No table ensured yet; rows without a tenant table go to `fallback`.
     pub(crate) fn new(fallback: TableRef) -> Self {
         Self {
-            ensured: HashSet::new(),
+            ensured: HashMap::new(),
             fallback,
         }
     }
 
     /// Records the tables [`ErrorLogs::write`] created or confirmed, once the transaction
     /// committed (a rolled-back window must create them again).
-    pub(crate) fn confirm(&mut self, tables: Vec<TableRef>) {
+    pub(crate) fn confirm(&mut self, tables: Vec<(TableRef, Shape)>) {
         self.ensured.extend(tables);
     }
 
@@ -63,12 +77,12 @@ impl ErrorLogs {
         tx: &mut Transaction<'_>,
         rows: &[ErrorLogRow],
         out: &mut WindowOutcome,
-    ) -> Result<Vec<TableRef>, TransientError> {
+    ) -> Result<Vec<(TableRef, Shape)>, TransientError> {
         let mut done = Vec::new();
         for t in self.route(tx, rows).await? {
-            let create = !self.ensured.contains(&t.table);
-            match write_table(tx, &t, create).await? {
-                Ok(()) => done.push(t.table),
+            let known = self.ensured.get(&t.table).copied();
+            match write_table(tx, &t, known).await? {
+                Ok(shape) => done.push((t.table, shape)),
                 Err(error) => out.error_log_failures.push(ErrorLogFailure {
                     table: t.table,
                     error,
@@ -94,7 +108,7 @@ impl ErrorLogs {
         let unknown: Vec<String> = wanted
             .iter()
             .flatten()
-            .filter(|t| !self.ensured.contains(*t))
+            .filter(|t| !self.ensured.contains_key(*t))
             .map(|t| t.schema.clone())
             .collect::<HashSet<_>>()
             .into_iter()
@@ -102,7 +116,8 @@ impl ErrorLogs {
         let existing = existing_schemas(tx, &unknown).await?;
         let mut out: Vec<TableRows<'a>> = Vec::new();
         for (row, table) in rows.iter().zip(wanted) {
-            let table = table.filter(|t| self.ensured.contains(t) || existing.contains(&t.schema));
+            let table =
+                table.filter(|t| self.ensured.contains_key(t) || existing.contains(&t.schema));
             let (table, fallback) = match table {
                 Some(t) => (t, false),
                 None => (self.fallback.clone(), true),
@@ -135,14 +150,15 @@ async fn existing_schemas(
     Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
 }
 
-/// Inserts a table's rows in a savepoint, creating the table first when `create` (or when a
-/// first attempt shows it must be created again). A row whose `source` is already stored is
-/// skipped (a replay). `Ok(Err(reason))` when PostgreSQL refuses the rows for good.
+/// Inserts a table's rows in a savepoint, first finding (or giving) the table its shape when
+/// `known` is `None`, or when an insert shows the table changed since. A row whose `source` is
+/// already stored is skipped (a replay). `Ok(Err(reason))` when PostgreSQL refuses the rows for
+/// good.
 async fn write_table(
     tx: &mut Transaction<'_>,
     t: &TableRows<'_>,
-    mut create: bool,
-) -> Result<Result<(), String>, TransientError> {
+    known: Option<Shape>,
+) -> Result<Result<Shape, String>, TransientError> {
     let ts: Vec<DateTime<Utc>> = t.rows.iter().map(|r| r.timestamp).collect();
     let errors: Vec<String> = t
         .rows
@@ -163,36 +179,106 @@ async fn write_table(
         .map(|r| r.query.clone().map(storable))
         .collect();
     let sources: Vec<&str> = t.rows.iter().map(|r| r.source.as_str()).collect();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
+    let mut shape = known;
+    for attempt in 1..=2 {
+        let current = match shape {
+            Some(s) => s,
+            None => match ensure(tx, &t.table, t.fallback).await? {
+                Ok(s) => s,
+                Err(e) => return Ok(Err(e)),
+            },
+        };
         let sp = tx.transaction().await.map_err(transient)?;
-        let result = async {
-            if create {
-                sp.batch_execute(&sql::create_error_log(&t.table, t.fallback))
-                    .await?;
+        let result = match current {
+            Shape::Keyed => {
+                let sql = sql::insert_error_log(&t.table, true, true);
+                sp.execute(&sql, &[&ts, &errors, &queries, &sources]).await
             }
-            sp.execute(
-                &sql::insert_error_log(&t.table),
-                &[&ts, &errors, &queries, &sources],
-            )
-            .await
-        }
-        .await;
+            Shape::Unkeyed { source: true } => {
+                let sql = sql::insert_error_log(&t.table, true, false);
+                sp.execute(&sql, &[&ts, &errors, &queries, &sources]).await
+            }
+            Shape::Unkeyed { source: false } => {
+                let sql = sql::insert_error_log(&t.table, false, false);
+                sp.execute(&sql, &[&ts, &errors, &queries]).await
+            }
+        };
         match result {
             Ok(_) => {
                 sp.commit().await.map_err(transient)?;
-                return Ok(Ok(()));
+                return Ok(Ok(current));
             }
             Err(e) if classify(&e) == ErrorClass::Transient => return Err(transient(e)),
             Err(e) => {
                 sp.rollback().await.map_err(transient)?;
-                if attempt < 2 && is_error_log_recreatable(&e) {
-                    create = true;
+                if attempt == 1 && is_error_log_recreatable(&e) {
+                    // Dropped or altered since it was looked at: look again.
+                    shape = None;
                     continue;
                 }
                 return Ok(Err(describe(&e)));
             }
+        }
+    }
+    unreachable!("the second attempt returns")
+}
+
+/// Finds the shape of an error-log table, creating it when missing (with its schema for the
+/// fallback log) or giving an existing one its `source` key. An existing table that cannot be
+/// given its key (not owned by the worker's role, locked past `lock_timeout`, repeated
+/// `source` values) is used as it is: its rows are never lost for that, only not deduplicated.
+/// `Ok(Err(reason))` when the table cannot be created.
+async fn ensure(
+    tx: &mut Transaction<'_>,
+    table: &TableRef,
+    fallback: bool,
+) -> Result<Result<Shape, String>, TransientError> {
+    let quoted = table.quoted();
+    let (exists, column, key): (bool, bool, bool) = {
+        let row = tx
+            .query_one(sql::ERROR_LOG_SHAPE, &[&quoted])
+            .await
+            .map_err(transient)?;
+        (row.get(0), row.get(1), row.get(2))
+    };
+    if exists && column && key {
+        return Ok(Ok(Shape::Keyed));
+    }
+    let ddl = if exists {
+        sql::key_error_log(table)
+    } else {
+        sql::create_error_log(table, fallback)
+    };
+    let sp = tx.transaction().await.map_err(transient)?;
+    match sp.batch_execute(&ddl).await {
+        Ok(()) => {
+            sp.commit().await.map_err(transient)?;
+            // An index of that name may already exist on something else: check, don't assume.
+            let row = tx
+                .query_one(sql::ERROR_LOG_SHAPE, &[&quoted])
+                .await
+                .map_err(transient)?;
+            let (column, key): (bool, bool) = (row.get(1), row.get(2));
+            Ok(Ok(if column && key {
+                Shape::Keyed
+            } else {
+                Shape::Unkeyed { source: column }
+            }))
+        }
+        Err(e) if !exists => {
+            sp.rollback().await.map_err(transient)?;
+            if classify(&e) == ErrorClass::Transient && !is_lock_timeout(&e) {
+                return Err(transient(e));
+            }
+            Ok(Err(describe(&e)))
+        }
+        Err(e) => {
+            sp.rollback().await.map_err(transient)?;
+            if classify(&e) == ErrorClass::Transient && !is_lock_timeout(&e) {
+                return Err(transient(e));
+            }
+            tracing::warn!(table = ?quoted, error = ?describe(&e), "error log kept without its replay key: a record re-read after a crash may be logged twice there");
+            Ok(Ok(Shape::Unkeyed { source: column }))
         }
     }
 }

@@ -43,25 +43,33 @@ use writer::{GroupOutcome, Writer};
 #[error("transient database error: {0}")]
 pub struct TransientError(pub String);
 
-/// Where a record was read: its Kafka partition and offset (the topic is the flow's).
+/// Where a record was read: its Kafka partition, offset and timestamp (the topic is the flow's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RecordOrigin {
     /// Partition of the flow's topic.
     pub partition: i32,
     /// Offset in that partition.
     pub offset: i64,
+    /// The record's Kafka timestamp (unix ms), when it has one: the same on every replay, and
+    /// it tells apart two records that share an offset because the topic was re-created.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl RecordOrigin {
-    /// The key of one record's error-log row: `<flow>:<topic>/<partition>/<offset>/<entity>`,
-    /// `entity` being the index in the notification's `data` or `-` for the whole message.
+    /// The key of one record's error-log row:
+    /// `<flow>:<topic>/<partition>/<offset>/<entity>@<timestamp ms>`, `entity` being the index
+    /// in the notification's `data` or `-` for the whole message (and `@…` absent for a record
+    /// without a timestamp).
     /// It is unique per record, so a record re-read after a crash is logged once (the error
     /// log's `source` column has a unique index and rows are inserted `ON CONFLICT DO NOTHING`).
     pub fn error_key(self, spec: &FlowSpec, entity: Option<usize>) -> String {
         let entity = entity.map_or_else(|| "-".to_string(), |e| e.to_string());
+        let at = self
+            .timestamp_ms
+            .map_or_else(String::new, |t| format!("@{t}"));
         format!(
-            "{}:{}/{}/{}/{}",
-            spec.name, spec.topic, self.partition, self.offset, entity
+            "{}:{}/{}/{}/{entity}{at}",
+            spec.name, spec.topic, self.partition, self.offset
         )
     }
 }
@@ -313,14 +321,19 @@ impl Sink {
             out: &mut out,
         };
         let mut deferred_tables: HashSet<TableRef> = locked.clone();
+        let mut lock_waits = 0;
         for group in plan::plan(spec, items) {
-            if deferred_tables.contains(&group.target) {
+            // Each newly locked table costs a `lock_timeout` wait inside this transaction: past
+            // a few, the rest of the window waits for the next one rather than risk the
+            // window's own timeout (which would learn nothing and retry the same waits).
+            if deferred_tables.contains(&group.target) || lock_waits >= MAX_LOCK_WAITS {
                 w.out.deferred.extend(&group.items);
                 continue;
             }
             let failures = match w.write_group(&mut tx, items, &group).await? {
                 GroupOutcome::Settled(failures) => failures,
                 GroupOutcome::Locked => {
+                    lock_waits += 1;
                     w.out.deferred.extend(&group.items);
                     w.out.locked.push(group.target.clone());
                     deferred_tables.insert(group.target);
@@ -346,6 +359,9 @@ impl Sink {
         Ok(out)
     }
 }
+
+/// Lock waits that may time out in one window before its other groups are left to the next.
+const MAX_LOCK_WAITS: usize = 3;
 
 fn transient(e: tokio_postgres::Error) -> TransientError {
     TransientError(describe(&e))

@@ -159,11 +159,10 @@ pub fn delete_statement(table: &TableRef) -> String {
     )
 }
 
-/// Creates an error log table when missing, with the columns Kafnus's error log has
-/// (`timestamp`, `error`, `query`) and `source`, the record's key, under a unique index; a table
-/// created before `source` existed gains the column (its old rows keep NULL, which never
-/// conflicts). `with_schema` also creates the schema (the fallback error log only: a tenant's
-/// table is created only in a schema that exists).
+/// Creates an error log table, with the columns Kafnus's error log has (`timestamp`, `error`,
+/// `query`) and `source`, the record's key, under a unique index. `with_schema` also creates
+/// the schema (the fallback error log only: a tenant's table is created only in a schema that
+/// exists).
 pub fn create_error_log(table: &TableRef, with_schema: bool) -> String {
     let schema = if with_schema {
         format!(
@@ -173,14 +172,38 @@ pub fn create_error_log(table: &TableRef, with_schema: bool) -> String {
     } else {
         String::new()
     };
-    let t = table.quoted();
     format!(
-        "{schema}CREATE TABLE IF NOT EXISTS {t} (\"timestamp\" timestamptz NOT NULL, error text NOT NULL, query text, source text); \
-         ALTER TABLE {t} ADD COLUMN IF NOT EXISTS source text; \
-         CREATE UNIQUE INDEX IF NOT EXISTS {} ON {t} (source)",
-        quote_ident(&source_index_name(&table.table))
+        "{schema}CREATE TABLE IF NOT EXISTS {} (\"timestamp\" timestamptz NOT NULL, error text NOT NULL, query text, source text); {}",
+        table.quoted(),
+        source_index(table)
     )
 }
+
+/// Gives an existing error log (Kafnus's, or an older ngsiflow's) its `source` column and
+/// unique index; its old rows keep `source` NULL, which never conflicts.
+pub fn key_error_log(table: &TableRef) -> String {
+    format!(
+        "ALTER TABLE {} ADD COLUMN IF NOT EXISTS source text; {}",
+        table.quoted(),
+        source_index(table)
+    )
+}
+
+fn source_index(table: &TableRef) -> String {
+    format!(
+        "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} (source)",
+        quote_ident(&source_index_name(&table.table)),
+        table.quoted()
+    )
+}
+
+/// For `$1` (a quoted `schema.table`): whether the table exists, has a `source` column, and a
+/// unique index on exactly `(source)` that `ON CONFLICT (source)` can use.
+pub const ERROR_LOG_SHAPE: &str = "SELECT to_regclass($1) IS NOT NULL, \
+     EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = 'source' AND NOT attisdropped), \
+     EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+             WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indnatts = 1 \
+               AND i.indpred IS NULL AND i.indexprs IS NULL AND a.attname = 'source')";
 
 /// The error log's unique index on `source`: `<table>_source_key`, or for a name that would
 /// pass PostgreSQL's 63-byte limit (and be truncated, possibly onto another table's index) a
@@ -197,11 +220,21 @@ fn source_index_name(table: &str) -> String {
     format!("error_log_{hash:016x}_source_key")
 }
 
-/// Inserts error log rows, skipping any whose `source` is already stored (a replayed record):
-/// parameters `timestamptz[]`, `text[]`, `text[]`, `text[]`.
-pub fn insert_error_log(table: &TableRef) -> String {
+/// Inserts error log rows: parameters `timestamptz[]`, `text[]`, `text[]` and, `with_source`,
+/// `text[]` of keys; `on_conflict` skips a row whose `source` is already stored (a replay).
+pub fn insert_error_log(table: &TableRef, with_source: bool, on_conflict: bool) -> String {
+    let (cols, params) = if with_source {
+        (", source", ", $4::text[]")
+    } else {
+        ("", "")
+    };
+    let conflict = if on_conflict {
+        " ON CONFLICT (source) DO NOTHING"
+    } else {
+        ""
+    };
     format!(
-        "INSERT INTO {} (\"timestamp\", error, query, source) SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[]) ON CONFLICT (source) DO NOTHING",
+        "INSERT INTO {} (\"timestamp\", error, query{cols}) SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[]{params}){conflict}",
         table.quoted()
     )
 }
@@ -313,14 +346,22 @@ mod tests {
         assert_eq!(
             create_error_log(&e, false),
             "CREATE TABLE IF NOT EXISTS \"acme\".\"acme_error_log\" (\"timestamp\" timestamptz NOT NULL, error text NOT NULL, query text, source text); \
-             ALTER TABLE \"acme\".\"acme_error_log\" ADD COLUMN IF NOT EXISTS source text; \
              CREATE UNIQUE INDEX IF NOT EXISTS \"acme_error_log_source_key\" ON \"acme\".\"acme_error_log\" (source)"
         );
         assert!(create_error_log(&e, true)
             .starts_with("CREATE SCHEMA IF NOT EXISTS \"acme\"; CREATE TABLE"));
         assert_eq!(
-            insert_error_log(&e),
+            key_error_log(&e),
+            "ALTER TABLE \"acme\".\"acme_error_log\" ADD COLUMN IF NOT EXISTS source text; \
+             CREATE UNIQUE INDEX IF NOT EXISTS \"acme_error_log_source_key\" ON \"acme\".\"acme_error_log\" (source)"
+        );
+        assert_eq!(
+            insert_error_log(&e, true, true),
             "INSERT INTO \"acme\".\"acme_error_log\" (\"timestamp\", error, query, source) SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[]) ON CONFLICT (source) DO NOTHING"
+        );
+        assert_eq!(
+            insert_error_log(&e, false, false),
+            "INSERT INTO \"acme\".\"acme_error_log\" (\"timestamp\", error, query) SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[])"
         );
         // An index name PostgreSQL would truncate gets a hashed one: two long table names that
         // share their first 63 bytes must not share an index.
