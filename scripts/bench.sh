@@ -12,7 +12,9 @@
 #    connection each, psql), timing both and PostgreSQL's CPU;
 # 4. produces at half the measured drain rate for 20 s and reads the notification-to-commit
 #    latency percentiles from the worker's ngsiflow_commit_latency_seconds histogram.
-# Writes target/bench/report.md and appends it to docs/benchmarks.md. Uses its own broker
+# Writes target/bench/report.md and appends it to docs/benchmarks.md. NGSIFLOW_BENCH_WORKER
+# names another worker binary to measure (A/B against an older build; the workload and the
+# baseline still use this tree's binary). Uses its own broker
 # (port 19093), admin port 18001 and databases ngsiflow_bench, ngsiflow_bench_copy and
 # ngsiflow_bench_insert.
 set -euo pipefail
@@ -66,7 +68,7 @@ log "producing $N notifications of the multi-tenant workload"
 
 log "draining the backlog"
 pg0=$(pg_cpu); broker0=$(cpu_of "$BROKER_PID")
-"$BIN" run --brokers "$BROKER" --pg-url "$PG/ngsiflow_bench" --admin-addr "$ADMIN" \
+"${NGSIFLOW_BENCH_WORKER:-$BIN}" run --brokers "$BROKER" --pg-url "$PG/ngsiflow_bench" --admin-addr "$ADMIN" \
   --log-level warn >"$OUT/worker.log" 2>&1 &
 WORKER_PID=$!
 t0=""; c0=0
@@ -173,23 +175,33 @@ PY
 )
 
 commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo '+changes')
-report=$(cat <<REPORT
-## $(date -u +%Y-%m-%dT%H:%MZ), commit $commit
+[ -n "${NGSIFLOW_BENCH_WORKER:-}" ] && commit="$commit (worker: $NGSIFLOW_BENCH_WORKER)"
+f0() { printf %.0f "$1"; }
+f2() { printf %.2f "$1"; }
+per_row() { echo "scale=1; $1 * 1000000 / $rows" | bc -l; }
+when=$(date -u +%Y-%m-%dT%H:%MZ)
+machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), PostgreSQL $(psql "$PG_ADMIN_URL" -tAc 'SHOW server_version' | cut -d' ' -f1), Apache Kafka $KAFKA_VERSION"
+copy_line="$(f0 "$copy_rate") rows/s ($(per_row "$copy_cpu") µs PostgreSQL CPU per row)"
+insert_line="$(f0 "$insert_rate") rows/s ($(per_row "$insert_cpu") µs PostgreSQL CPU per row)"
+vs_insert=$(f2 "$(echo "$row_rate / $insert_rate" | bc -l)")
+vs_copy=$(f2 "$(echo "$row_rate / $copy_rate" | bc -l)")
+drain_line="$(f0 "$rate") notifications/s, $(f0 "$row_rate") rows/s = **${vs_insert}x INSERT**, ${vs_copy}x COPY"
+cat >"$OUT/report.md" <<REPORT
+## $when, commit $commit
 
-Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), PostgreSQL $(psql "$PG_ADMIN_URL" -tAc 'SHOW server_version' | cut -d' ' -f1), Apache Kafka $KAFKA_VERSION. Command: \`scripts/bench.sh $N\`.
+Machine: $machine. Command: \`scripts/bench.sh $N\`.
 
 | | figure |
 |---|---|
 | workload | $N notifications, 180 tables (5 services x 4 servicepaths x 3 types), 60/30/10 % historic/lastdata/mutable |
 | rows | $rows (written $written, stale ignored $stale, error-logged $errors) |
-| PostgreSQL COPY, same rows, 1 connection | $(printf %.0f "$copy_rate") rows/s ($(echo "scale=1; $copy_cpu * 1000000 / $rows" | bc -l) µs PostgreSQL CPU per row) |
-| PostgreSQL 500-row INSERT ... VALUES, same rows | $(printf %.0f "$insert_rate") rows/s ($(echo "scale=1; $insert_cpu * 1000000 / $rows" | bc -l) µs PostgreSQL CPU per row) |
-| ngsiflow end-to-end drain (backlog to committed rows) | $(printf %.0f "$rate") notifications/s, $(printf %.0f "$row_rate") rows/s = **$(printf %.2f "$(echo "$row_rate / $insert_rate" | bc -l)"x INSERT**, $(printf %.2f "$(echo "$row_rate / $copy_rate" | bc -l)")x COPY |
+| PostgreSQL COPY, same rows, 1 connection | $copy_line |
+| PostgreSQL 500-row INSERT ... VALUES, same rows, 1 connection | $insert_line |
+| ngsiflow end-to-end drain (backlog to committed rows) | $drain_line |
 | CPU per notification: worker / PostgreSQL / broker | $worker_us / $pg_us / $broker_us µs |
 | worker peak RSS | $peak_rss MiB |
 | notification-to-commit latency at $half notifications/s (half rate), p50 / p95 / p99 | $p50 / $p95 / $p99 ms |
 REPORT
-)
-echo "$report" | tee "$OUT/report.md"
+cat "$OUT/report.md"
 [ -f docs/benchmarks.md ] || printf '# Benchmark history\n\nEach entry is one run of `scripts/bench.sh` (newest last).\n' >docs/benchmarks.md
-printf '\n%s\n' "$report" >>docs/benchmarks.md
+{ echo; cat "$OUT/report.md"; } >>docs/benchmarks.md
