@@ -60,7 +60,9 @@ pub struct Metrics {
     /// `message_processing_duration_seconds{flow}` histogram.
     pub processing_duration: HistogramVec,
     /// `ngsiflow_commit_latency_seconds{flow}`: from a record's Kafka timestamp (the
-    /// producer's CreateTime) to the commit of its offset — notification-to-commit latency.
+    /// producer's CreateTime) to the commit of its window, when its rows are durable —
+    /// notification-to-commit latency. (While a locked table holds a partition's offset back,
+    /// the records after it are counted when their own rows commit.)
     pub commit_latency: HistogramVec,
     /// `ngsiflow_records_total{flow,outcome}`.
     pub records: IntCounterVec,
@@ -164,7 +166,7 @@ impl Metrics {
             dead_letter: counter("ngsiflow_dead_letter_total", "Copies of failed records sent to the dead-letter topic.", &["flow"]),
             error_log_failures: counter("ngsiflow_error_log_failures_total", "Error log rows that could not be written (the dead-letter copy remains).", &["flow"]),
             partitions_assigned: igauge("ngsiflow_partitions_assigned", "Partitions currently assigned to the flow's consumer.", &["flow"]),
-            commit_latency: histogram("ngsiflow_commit_latency_seconds", "Seconds from a record's Kafka timestamp (producer CreateTime) to the commit of its offset.", &["flow"], vec![0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            commit_latency: histogram("ngsiflow_commit_latency_seconds", "Seconds from a record's Kafka timestamp (producer CreateTime) to the commit of its rows.", &["flow"], vec![0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
             window_write_age: {
                 let g = GaugeVec::new(Opts::new("ngsiflow_window_write_age_seconds", "Seconds the flush window write in progress has taken so far (0 when none)."), &["flow"]).expect("valid metric");
                 registry.register(Box::new(g.clone())).expect("unique metric");
