@@ -123,17 +123,19 @@ impl Source for FlowConsumer {
 }
 
 impl OffsetCommitter for FlowConsumer {
-    /// Commits `next offset` per partition synchronously, so a window counted as done is
-    /// durable in the group.
+    /// Commits `next offset` per partition asynchronously: the broker's answer reaches
+    /// [`crate::kafka::FlowContext`]'s commit callback (readiness), and closing the consumer
+    /// waits for commits in flight. Not synchronously: a synchronous commit to a coordinator
+    /// that went away waits for the group to re-form, which needs this very thread to poll the
+    /// consumer — a frozen broker left the flow blocked there for good.
     fn commit(&self, offsets: &BTreeMap<i32, i64>) -> Result<(), String> {
         let mut tpl = TopicPartitionList::new();
         for (&p, &o) in offsets {
             tpl.add_partition_offset(&self.topic, p, Offset::Offset(o))
                 .map_err(|e| e.to_string())?;
         }
-        // block_in_place keeps the broker round trip from stalling the runtime thread's other
-        // tasks.
-        tokio::task::block_in_place(|| self.consumer.commit(&tpl, CommitMode::Sync))
+        self.consumer
+            .commit(&tpl, CommitMode::Async)
             .map_err(|e| e.to_string())
     }
 }

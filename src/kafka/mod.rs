@@ -12,9 +12,10 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::TopicPartitionList;
 
 use crate::pipeline::handle::FlowHandle;
 
@@ -237,6 +238,15 @@ impl ClientContext for FlowContext {
 }
 
 impl ConsumerContext for FlowContext {
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = &result {
+            // After a rebalance the partition may belong to another member, which re-reads
+            // from the last committed offset: at least once still holds.
+            tracing::warn!(flow = %self.handle.flow(), error = %e, "offset commit failed");
+        }
+        self.handle.set_commit_failing(result.is_err());
+    }
+
     fn post_rebalance(&self, _base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let flow = self.handle.flow();
         match rebalance {

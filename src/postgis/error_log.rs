@@ -270,7 +270,18 @@ async fn ensure(
             if classify(&e) == ErrorClass::Transient && !is_lock_timeout(&e) {
                 return Err(transient(e));
             }
-            Ok(Err(describe(&e)))
+            // Another flow or worker may have created it at the same moment (23505 on the
+            // catalog, 42P07): use what is there now.
+            let row = tx
+                .query_one(sql::ERROR_LOG_SHAPE, &[&quoted])
+                .await
+                .map_err(transient)?;
+            let (exists, column, key): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
+            Ok(match (exists, column && key) {
+                (true, true) => Ok(Shape::Keyed),
+                (true, false) => Ok(Shape::Unkeyed { source: column }),
+                (false, _) => Err(describe(&e)),
+            })
         }
         Err(e) => {
             sp.rollback().await.map_err(transient)?;
