@@ -128,30 +128,20 @@ pub fn ddl() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flow::shipped_flow;
     use crate::flow::transform::{transform, TransformOptions};
-    use crate::flow::{load_flows, FlowSpec};
     use crate::ngsi::decode;
     use std::collections::{BTreeMap, BTreeSet};
 
-    fn flows() -> Vec<FlowSpec> {
-        load_flows(
-            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flows"),
-            "",
-            "g",
-        )
-        .unwrap()
-    }
-
     #[test]
     fn the_workload_spreads_over_180_tables_in_the_stated_mix_and_matches_its_ddl() {
-        let specs = flows();
         let ddl = ddl();
         let mut tables = BTreeSet::new();
         let mut per_flow: BTreeMap<&str, u64> = BTreeMap::new();
         for i in 0..1200 {
             let m = message(i, 10);
             *per_flow.entry(m.flow).or_default() += 1;
-            let spec = specs.iter().find(|s| s.name == m.flow).unwrap();
+            let spec = &shipped_flow(m.flow);
             let v = m.value.to_string();
             let headers = [
                 ("fiware-service", m.service.as_bytes()),

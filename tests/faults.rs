@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -90,35 +89,15 @@ async fn create_tenant_tables(db: &TestDb) {
 /// Produces notifications `range` to the three raw topics as fast as the broker takes them
 /// (every send in flight at once, then awaited).
 async fn produce(broker: String, range: std::ops::Range<usize>) {
-    let p: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &broker)
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .unwrap();
-    let mut pending = Vec::new();
+    let mut records = Vec::new();
     for i in range {
-        let n = note(i);
-        let h = rdkafka::message::OwnedHeaders::new()
-            .insert(rdkafka::message::Header {
-                key: "Fiware-Service",
-                value: Some(n.service),
-            })
-            .insert(rdkafka::message::Header {
-                key: "Fiware-Servicepath",
-                value: Some("/city"),
-            });
+        let h = owned_headers(note(i).service, "/city");
         let v = payload(i);
         for (topic, _, _) in FLOWS {
-            let r = FutureRecord::<(), str>::to(topic)
-                .payload(&v)
-                .headers(h.clone());
-            pending.push(p.send_result(r).map_err(|(e, _)| e).unwrap());
+            records.push((topic, h.clone(), v.clone()));
         }
     }
-    for d in pending {
-        d.await.unwrap().map_err(|(e, _)| e).unwrap();
-    }
+    produce_all(&broker, records).await;
 }
 
 /// What the tables hold against what `n` notifications should have produced.
@@ -613,33 +592,11 @@ async fn sigterm_during_a_heavy_drain_commits_exactly_what_was_written() {
     let broker = Broker::start();
     let db = TestDb::create("ngsiflow_t_sigterm").await;
     create_topics(&broker.addr, &["raw_historic"], 1).await;
-    {
-        let p: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &broker.addr)
-            .set("linger.ms", "5")
-            .create()
-            .unwrap();
-        let mut pending = Vec::new();
-        let h = rdkafka::message::OwnedHeaders::new()
-            .insert(rdkafka::message::Header {
-                key: "Fiware-Service",
-                value: Some("demo"),
-            })
-            .insert(rdkafka::message::Header {
-                key: "Fiware-Servicepath",
-                value: Some("/city"),
-            });
-        let values: Vec<String> = (0..30_000).map(sensor).collect();
-        for v in &values {
-            let r = FutureRecord::<(), str>::to("raw_historic")
-                .payload(v)
-                .headers(h.clone());
-            pending.push(p.send_result(r).map_err(|(e, _)| e).unwrap());
-        }
-        for d in pending {
-            d.await.unwrap().map_err(|(e, _)| e).unwrap();
-        }
-    }
+    let h = owned_headers("demo", "/city");
+    let backlog = (0..30_000)
+        .map(|i| ("raw_historic", h.clone(), sensor(i)))
+        .collect();
+    produce_all(&broker.addr, backlog).await;
     let mut w = Worker::start(&broker.addr, &db.url, "term", &["--flows", "historic"]);
     let seen = db.wait_count("demo.city_sensor", 3000, T).await;
     assert!(seen >= 3000, "{}", w.logs());
@@ -760,41 +717,15 @@ async fn a_flood_of_bad_input_drains_fast_and_the_next_good_message_lands() {
     let w = Worker::start(&broker.addr, &db.url, "flood", &["--flows", "historic"]);
     w.wait_ready(T).await;
     let started = Instant::now();
-    {
-        let p: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &broker.addr)
-            .set("linger.ms", "5")
-            .set("queue.buffering.max.messages", "1000000")
-            .create()
-            .unwrap();
-        let h = rdkafka::message::OwnedHeaders::new()
-            .insert(rdkafka::message::Header {
-                key: "Fiware-Service",
-                value: Some("demo"),
-            })
-            .insert(rdkafka::message::Header {
-                key: "Fiware-Servicepath",
-                value: Some("/city"),
-            });
-        let values: Vec<String> = (0..bad)
-            .map(|i| format!("{{\"subscriptionId\": \"flood\", \"data\": [{i}"))
-            .collect();
-        let mut pending = Vec::new();
-        for v in &values {
-            let r = FutureRecord::<(), str>::to("raw_historic")
-                .payload(v)
-                .headers(h.clone());
-            pending.push(p.send_result(r).map_err(|(e, _)| e).unwrap());
-        }
-        let good = sensor(0);
-        let r = FutureRecord::<(), str>::to("raw_historic")
-            .payload(&good)
-            .headers(h.clone());
-        pending.push(p.send_result(r).map_err(|(e, _)| e).unwrap());
-        for d in pending {
-            d.await.unwrap().map_err(|(e, _)| e).unwrap();
-        }
-    }
+    let h = owned_headers("demo", "/city");
+    let mut flood: Vec<_> = (0..bad)
+        .map(|i| {
+            let v = format!("{{\"subscriptionId\": \"flood\", \"data\": [{i}");
+            ("raw_historic", h.clone(), v)
+        })
+        .collect();
+    flood.push(("raw_historic", h, sensor(0)));
+    produce_all(&broker.addr, flood).await;
     let produced = started.elapsed().as_secs_f64();
     let landed = db.wait_count("demo.city_sensor", 1, T).await;
     let after_flood = started.elapsed().as_secs_f64() - produced;

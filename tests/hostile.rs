@@ -51,15 +51,7 @@ async fn send_big(broker: &str, topic: &str, value: &str) {
         .set("message.max.bytes", "20000000")
         .create()
         .unwrap();
-    let h = rdkafka::message::OwnedHeaders::new()
-        .insert(rdkafka::message::Header {
-            key: "Fiware-Service",
-            value: Some("demo"),
-        })
-        .insert(rdkafka::message::Header {
-            key: "Fiware-Servicepath",
-            value: Some("/city"),
-        });
+    let h = owned_headers("demo", "/city");
     p.send(
         FutureRecord::<(), str>::to(topic).payload(value).headers(h),
         Duration::from_secs(30),

@@ -795,6 +795,40 @@ impl TestProducer {
     }
 }
 
+/// `Fiware-Service` and `Fiware-Servicepath` as Kafka record headers.
+pub fn owned_headers(service: &str, servicepath: &str) -> OwnedHeaders {
+    OwnedHeaders::new()
+        .insert(Header {
+            key: "Fiware-Service",
+            value: Some(service),
+        })
+        .insert(Header {
+            key: "Fiware-Servicepath",
+            value: Some(servicepath),
+        })
+}
+
+/// Sends every `(topic, headers, value)` at once, then waits for every acknowledgement: a
+/// backlog produced as fast as the broker takes it.
+pub async fn produce_all(broker: &str, records: Vec<(&str, OwnedHeaders, String)>) {
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    let mut pending = Vec::with_capacity(records.len());
+    for (topic, h, v) in &records {
+        let r = FutureRecord::<(), str>::to(topic)
+            .payload(v)
+            .headers(h.clone());
+        pending.push(p.send_result(r).map_err(|(e, _)| e).unwrap());
+    }
+    for d in pending {
+        d.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+}
+
 /// Creates topics with `partitions` partitions.
 pub async fn create_topics(broker: &str, topics: &[&str], partitions: i32) {
     let c = ngsiflow::kafka::client_config(broker, &[]);
