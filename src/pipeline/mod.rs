@@ -221,7 +221,10 @@ where
     /// After the carried records changed: forget locked tables nothing waits for any more,
     /// update the gauges, and resume fetching if the hold-back bound is no longer reached.
     fn carried_changed(&mut self, window: &FlushWindow) {
-        self.locked.retain(&window.tables());
+        if self.locked.len() > 0 {
+            // Only with a table locked: this runs after every flush.
+            self.locked.retain(&window.tables());
+        }
         self.handle
             .set_carried(window.carried_records(), self.locked.len());
         if self.holding_back && !Self::over_bound(window, self.batch_size) {
