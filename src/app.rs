@@ -157,6 +157,7 @@ pub async fn run(
                 transform: TransformOptions {
                     default_datamodel: args.default_datamodel,
                     srid: args.srid,
+                    tenants: config.tenants.clone(),
                 },
                 topic_prefix: args.topic_prefix.clone(),
                 max_message_bytes: args.max_message_bytes as usize,
@@ -168,7 +169,8 @@ pub async fn run(
                 TableRef::parse_qualified(&args.fallback_error_log)
                     .expect("validated when the flags were parsed"),
                 Duration::from_millis(args.lock_timeout_ms),
-            ),
+            )
+            .with_tenants(config.tenants.clone()),
             dead_letters: dead_letters.clone(),
             handle,
             batch_size: args.batch_size as usize,
@@ -177,6 +179,25 @@ pub async fn run(
             locked: Default::default(),
             holding_back: false,
         });
+    }
+
+    if args.error_log_retention.is_some() || args.error_log_max_rows.is_some() {
+        let policy = crate::postgis::retention::RetentionPolicy {
+            max_age_days: args.error_log_retention,
+            max_rows: args.error_log_max_rows,
+            fallback: TableRef::parse_qualified(&args.fallback_error_log)
+                .expect("validated when the flags were parsed"),
+        };
+        let m = metrics.clone();
+        tokio::spawn(crate::postgis::retention::run(
+            config.pg.clone(),
+            policy,
+            cancel.clone(),
+            move |p| {
+                m.error_log_pruned.with_label_values(&["age"]).inc_by(p.by_age);
+                m.error_log_pruned.with_label_values(&["cap"]).inc_by(p.by_cap);
+            },
+        ));
     }
 
     let admin_cancel = CancellationToken::new();

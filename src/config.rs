@@ -36,6 +36,10 @@ pub struct RunArgs {
     /// Directory holding the flow files (`*.toml`).
     #[arg(long, env = "NGSIFLOW_FLOWS_DIR", default_value = "flows")]
     pub flows_dir: PathBuf,
+    /// Per-tenant routing (`[services.<fiware-service>]` with `datamodel` and `schema`);
+    /// default `<flows-dir>/tenants.toml` when that file exists.
+    #[arg(long, env = "NGSIFLOW_TENANTS_FILE")]
+    pub tenants_file: Option<PathBuf>,
     /// Run only these flows (comma-separated names); default: every enabled flow.
     #[arg(long, env = "NGSIFLOW_FLOWS", value_delimiter = ',')]
     pub flows: Vec<String>,
@@ -83,6 +87,14 @@ pub struct RunArgs {
     /// its schema on first use; each row's error names the service.
     #[arg(long, env = "NGSIFLOW_FALLBACK_ERROR_LOG", default_value = "ngsiflow.error_log", value_parser = parse_table)]
     pub fallback_error_log: String,
+    /// Error-log rows older than this many days are deleted, in batches of 1 000 every 5
+    /// minutes by a background task (default: kept for ever).
+    #[arg(long, env = "NGSIFLOW_ERROR_LOG_RETENTION", value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub error_log_retention: Option<u32>,
+    /// Rows kept per error-log table (one per tenant, plus the fallback one): the oldest
+    /// beyond this are deleted by the same task (default: no cap).
+    #[arg(long, env = "NGSIFLOW_ERROR_LOG_MAX_ROWS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub error_log_max_rows: Option<u64>,
     /// Largest message value, in bytes, that is decoded; a larger one is a bad record (error
     /// log row and dead-letter copy) without being parsed, so that one message cannot take
     /// memory far beyond its size. Default 1 MiB, Kafka's default `message.max.bytes`.
@@ -208,6 +220,9 @@ pub enum ConfigError {
     /// A secret file, a certificate or a TLS/SASL setting is unusable.
     #[error("invalid configuration: {0}")]
     Security(String),
+    /// The tenants file is invalid.
+    #[error("invalid configuration: {0}")]
+    Tenants(#[from] crate::tenants::TenantsError),
     /// No flow is enabled.
     #[error(
         "invalid configuration: no flow is enabled (check `enabled` in the flow files and --flows)"
@@ -228,6 +243,8 @@ pub struct Config {
     pub pg: crate::postgis::PgEndpoint,
     /// librdkafka properties for every client: the security flags, then `-X` overrides.
     pub kafka_settings: Vec<(String, String)>,
+    /// Per-tenant routing (`--tenants-file`).
+    pub tenants: std::sync::Arc<crate::tenants::Tenants>,
 }
 
 impl Config {
@@ -249,6 +266,7 @@ impl Config {
         if flows.is_empty() {
             return Err(ConfigError::NoFlows);
         }
+        let tenants = crate::tenants::Tenants::load(args.tenants_file.as_deref(), &args.flows_dir)?;
         let dead_letter_topic = args
             .dead_letter_topic
             .clone()
@@ -272,6 +290,7 @@ impl Config {
             dead_letter_topic,
             pg,
             kafka_settings,
+            tenants: std::sync::Arc::new(tenants),
         })
     }
 
@@ -300,6 +319,7 @@ impl Config {
             "args": args,
             "dead_letter_topic": self.dead_letter_topic,
             "flows": self.flows,
+            "tenants": *self.tenants,
         })
     }
 }

@@ -4,7 +4,8 @@
 //! # Layout
 //! Follow a message: decode → transform → route → window → write (bind) → dead letters → commit.
 //! * pure core (no I/O): [`ngsi`] (notification model, values, geometry, date-times), [`flow`]
-//!   (flow specs and transform), [`route`] (datamodels → schema.table), [`metrics`], [`text`];
+//!   (flow specs and transform), [`route`] (datamodels → schema.table), [`tenants`]
+//!   (per-tenant datamodel and schema), [`metrics`], [`text`];
 //! * [`pipeline`]: the generic flow loop — `intake` (decode, transform, bad records to the
 //!   error log), `window` (the flush window as a value), `dead_letters`, `handle` (status and
 //!   metrics), `ports` (the seams: source, offset committer, window sink, dead-letter sink);
@@ -41,5 +42,6 @@ pub mod pipeline;
 pub mod postgis;
 pub mod produce;
 pub mod route;
+pub mod tenants;
 pub mod text;
 pub mod workload;

@@ -80,6 +80,12 @@ pub struct Metrics {
     pub dead_letter: IntCounterVec,
     /// `ngsiflow_error_log_failures_total{flow}`: error log rows that could not be written.
     pub error_log_failures: IntCounterVec,
+    /// `ngsiflow_ddl_statements_total{flow}`: schemas, tables, columns and indexes created by
+    /// `auto_create`/`auto_evolve` (committed statements).
+    pub ddl_statements: IntCounterVec,
+    /// `ngsiflow_error_log_pruned_rows_total{reason}`: error-log rows deleted by retention
+    /// (`reason` `age` or `cap`).
+    pub error_log_pruned: IntCounterVec,
     /// `ngsiflow_partitions_assigned{flow}`.
     pub partitions_assigned: IntGaugeVec,
     /// `ngsiflow_window_write_age_seconds{flow}`: how long the window write in progress has
@@ -165,6 +171,8 @@ impl Metrics {
             consumer_lag: igauge("ngsiflow_consumer_lag", "Messages between the committed offset and the partition's high watermark.", &["flow", "topic", "partition"]),
             dead_letter: counter("ngsiflow_dead_letter_total", "Copies of failed records sent to the dead-letter topic.", &["flow"]),
             error_log_failures: counter("ngsiflow_error_log_failures_total", "Error log rows that could not be written (the dead-letter copy remains).", &["flow"]),
+            ddl_statements: counter("ngsiflow_ddl_statements_total", "DDL statements (schemas, tables, columns, indexes) run by auto_create and auto_evolve.", &["flow"]),
+            error_log_pruned: counter("ngsiflow_error_log_pruned_rows_total", "Error-log rows deleted by --error-log-retention (age) and --error-log-max-rows (cap).", &["reason"]),
             partitions_assigned: igauge("ngsiflow_partitions_assigned", "Partitions currently assigned to the flow's consumer.", &["flow"]),
             commit_latency: histogram("ngsiflow_commit_latency_seconds", "Seconds from a record's Kafka timestamp (producer CreateTime) to the commit of its rows.", &["flow"], vec![0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
             window_write_age: {
@@ -188,6 +196,9 @@ impl Metrics {
             &["version"],
         );
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for reason in ["age", "cap"] {
+            m.error_log_pruned.with_label_values(&[reason]);
+        }
         #[cfg(target_os = "linux")]
         m.registry
             .register(Box::new(
@@ -210,6 +221,7 @@ impl Metrics {
             m.flow_paused.with_label_values(&[f]).set(0);
             m.dead_letter.with_label_values(&[f]);
             m.error_log_failures.with_label_values(&[f]);
+            m.ddl_statements.with_label_values(&[f]);
             m.partitions_assigned.with_label_values(&[f]).set(0);
             m.window_write_age.with_label_values(&[f]).set(0.0);
             m.broker_reachable.with_label_values(&[f]).set(1);

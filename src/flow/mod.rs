@@ -7,6 +7,7 @@
 
 pub mod transform;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -74,9 +75,26 @@ pub struct FlowFile {
     /// What `entityDelete` does (default `store`).
     #[serde(default = "store")]
     pub entity_delete: EntityDeleteMode,
-    /// Whether a record without `TimeInstant` is an error (true for historic/mutable).
+    /// Whether a record whose time index finds nothing is an error (true for historic/mutable).
     #[serde(default)]
     pub require_timeinstant: bool,
+    /// Where the `timeinstant` column comes from, tried in order (default `["TimeInstant"]`):
+    /// an attribute name, `<attribute>.metadata.<name>`, `*.metadata.<name>` (the first
+    /// attribute carrying that metadata) or, last, `recvTime` (the receive time).
+    pub time_index: Option<Vec<String>>,
+    /// Create a missing schema and table on the first record for it (default false).
+    #[serde(default)]
+    pub auto_create: bool,
+    /// Add a column for an attribute the table lacks (default false).
+    #[serde(default)]
+    pub auto_evolve: bool,
+    /// Store each attribute's metadata in a `<attribute>_md` jsonb column (default false).
+    #[serde(default)]
+    pub store_metadata: bool,
+    /// Column types of created columns by NGSI type, overriding the built-in mapping, e.g.
+    /// `{ Number = "numeric", Integer = "bigint" }` (`Integer`: a Number whose value is whole).
+    #[serde(default)]
+    pub column_types: BTreeMap<String, String>,
 }
 
 fn yes() -> bool {
@@ -107,8 +125,96 @@ pub struct FlowSpec {
     pub table_suffix: String,
     /// `entityDelete` handling.
     pub entity_delete: EntityDeleteMode,
-    /// Whether `TimeInstant` is required.
+    /// Whether a record must have a time index.
     pub require_timeinstant: bool,
+    /// Sources of the `timeinstant` column, tried in order.
+    pub time_index: Vec<TimeSource>,
+    /// Whether missing schemas and tables are created.
+    pub auto_create: bool,
+    /// Whether missing columns are added.
+    pub auto_evolve: bool,
+    /// Whether attribute metadata is stored in `<attribute>_md` columns.
+    pub store_metadata: bool,
+    /// Column type overrides: lower-cased NGSI type → PostgreSQL type.
+    pub column_types: Vec<(String, String)>,
+}
+
+/// One source of a record's `timeinstant` (flow key `time_index`). The first source that is
+/// present and not null decides: if its value is not an ISO 8601 date-time the record is an
+/// error (it is never silently skipped for the next source).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum TimeSource {
+    /// An attribute's value, by name as written, matched without regard to case
+    /// (`TimeInstant`, `dateObserved`, `observedAt`).
+    Attribute(String),
+    /// A metadata item's value: of one attribute (lower-cased name) or, for `None`, of the first
+    /// attribute in notification order that carries it (IoT Agents put a `TimeInstant` metadata
+    /// item on every attribute they update).
+    Metadata {
+        /// The attribute (matched without regard to case), or any.
+        attribute: Option<String>,
+        /// The metadata item's name, matched without regard to case.
+        name: String,
+    },
+    /// The time the worker received the record (the `recvtime` column): always present.
+    ReceiveTime,
+}
+
+impl TimeSource {
+    /// Parses one `time_index` entry.
+    ///
+    /// # Errors
+    /// A message when the entry is empty or a metadata path lacks a part.
+    pub fn parse(entry: &str) -> Result<Self, String> {
+        let e = entry.trim();
+        if e.is_empty() {
+            return Err("entries must not be empty".into());
+        }
+        if e.eq_ignore_ascii_case("recvtime") {
+            return Ok(Self::ReceiveTime);
+        }
+        match e.split_once(".metadata.") {
+            Some((attr, name)) if !attr.is_empty() && !name.is_empty() => Ok(Self::Metadata {
+                attribute: (attr != "*").then(|| attr.to_string()),
+                name: name.to_string(),
+            }),
+            Some(_) => Err(format!(
+                "{entry:?}: expected <attribute>.metadata.<name> or *.metadata.<name>"
+            )),
+            None => Ok(Self::Attribute(e.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for TimeSource {
+    /// The entry as a flow file writes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Attribute(name) => f.write_str(name),
+            Self::Metadata { attribute, name } => {
+                write!(f, "{}.metadata.{name}", attribute.as_deref().unwrap_or("*"))
+            }
+            Self::ReceiveTime => f.write_str("recvTime"),
+        }
+    }
+}
+
+/// The default time index: the `TimeInstant` attribute (Kafnus's and Cygnus's rule).
+fn default_time_index() -> Vec<String> {
+    vec!["TimeInstant".to_string()]
+}
+
+/// Accepts a PostgreSQL type name as written in `column_types`: letters, digits, `_`, spaces,
+/// and a parenthesised modifier or `[]` (`double precision`, `geometry(Point, 4326)`,
+/// `numeric(12,3)`, `text[]`). Nothing that could end the type inside a `CREATE TABLE`
+/// (quotes, `;`, `--`) gets through.
+fn valid_sql_type(t: &str) -> bool {
+    let t = t.trim();
+    t.starts_with(|c: char| c.is_ascii_alphabetic())
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || " _,()[]".contains(c))
+        && t.matches('(').count() == t.matches(')').count()
+        && !t.contains("--")
 }
 
 /// A flow file that does not make a valid flow; the message names the file and the key.
@@ -202,6 +308,42 @@ impl FlowFile {
                 "delete needs entityid among key_columns".into(),
             ));
         }
+        let time_index = self
+            .time_index
+            .unwrap_or_else(default_time_index)
+            .iter()
+            .map(|e| TimeSource::parse(e))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| invalid("time_index", m))?;
+        if time_index.is_empty() {
+            return Err(invalid("time_index", "must list at least one source".into()));
+        }
+        if let Some(i) = time_index.iter().position(|s| *s == TimeSource::ReceiveTime) {
+            if i + 1 != time_index.len() {
+                return Err(invalid(
+                    "time_index",
+                    "recvTime is always present: entries after it are never reached".into(),
+                ));
+            }
+        }
+        if self.kind == FlowKind::ConnectErrors
+            && (self.auto_create || self.auto_evolve || self.store_metadata)
+        {
+            return Err(invalid(
+                "auto_create",
+                "auto_create, auto_evolve and store_metadata apply to ngsi flows only".into(),
+            ));
+        }
+        let mut column_types = Vec::new();
+        for (ngsi_type, sql_type) in &self.column_types {
+            if !valid_sql_type(sql_type) {
+                return Err(invalid(
+                    "column_types",
+                    format!("{ngsi_type}: {sql_type:?} is not a PostgreSQL type name"),
+                ));
+            }
+            column_types.push((ngsi_type.to_lowercase(), sql_type.trim().to_string()));
+        }
         let topic = self.topic.unwrap_or_else(|| format!("raw_{}", self.name));
         if topic.is_empty() {
             return Err(invalid("topic", "must not be empty".into()));
@@ -219,6 +361,11 @@ impl FlowFile {
             table_suffix: self.table_suffix,
             entity_delete: self.entity_delete,
             require_timeinstant: self.require_timeinstant,
+            time_index,
+            auto_create: self.auto_create,
+            auto_evolve: self.auto_evolve,
+            store_metadata: self.store_metadata,
+            column_types,
         })
     }
 }
@@ -242,6 +389,8 @@ pub fn load_flows(
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        // The tenants file may live beside the flows (`crate::tenants`); it is not a flow.
+        .filter(|p| p.file_name().is_some_and(|n| n != crate::tenants::DEFAULT_FILE_NAME))
         .collect();
     files.sort();
     let mut flows: Vec<FlowSpec> = Vec::new();
@@ -311,6 +460,33 @@ mod tests {
     }
 
     #[test]
+    fn self_configuring_keys() {
+        let f = parse("name = \"x\"\nwrite_mode = \"insert\"").unwrap();
+        assert_eq!(f.time_index, [TimeSource::Attribute("TimeInstant".into())]);
+        assert!(!f.auto_create && !f.auto_evolve && !f.store_metadata);
+        let f = parse(
+            "name = \"x\"\nwrite_mode = \"insert\"\nauto_create = true\nauto_evolve = true\n\
+             store_metadata = true\ntime_index = [\"TimeInstant\", \"*.metadata.TimeInstant\", \
+             \"temp.metadata.observedAt\", \"recvTime\"]\n\
+             column_types = { Number = \"numeric(12, 3)\", \"geo:json\" = \"geometry(Geometry, 4326)\" }",
+        )
+        .unwrap();
+        assert!(f.auto_create && f.auto_evolve && f.store_metadata);
+        let shown: Vec<String> = f.time_index.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            ["TimeInstant", "*.metadata.TimeInstant", "temp.metadata.observedAt", "recvTime"]
+        );
+        assert_eq!(
+            f.column_types,
+            [
+                ("number".to_string(), "numeric(12, 3)".to_string()),
+                ("geo:json".to_string(), "geometry(Geometry, 4326)".to_string())
+            ]
+        );
+    }
+
+    #[test]
     fn defaults_and_prefix() {
         let f = parse("name = \"historic\"\nwrite_mode = \"insert\"").unwrap();
         assert_eq!(f.topic, "smc_raw_historic");
@@ -329,6 +505,12 @@ mod tests {
             ("name = \"X y\"\nwrite_mode = \"insert\"", "name"),
             ("name = \"x\"\nwrite_mode = \"upsert\"", "key_columns"),
             ("name = \"x\"\nwrite_mode = \"upsert\"\nkey_columns = [\"timeinstant\"]\nentity_delete = \"delete\"", "entity_delete"),
+            ("name = \"x\"\nwrite_mode = \"insert\"\ntime_index = []", "time_index"),
+            ("name = \"x\"\nwrite_mode = \"insert\"\ntime_index = [\"recvTime\", \"a\"]", "time_index"),
+            ("name = \"x\"\nwrite_mode = \"insert\"\ntime_index = [\"a.metadata.\"]", "time_index"),
+            ("name = \"x\"\nwrite_mode = \"insert\"\ncolumn_types = { Number = \"text; DROP TABLE x\" }", "column_types"),
+            ("name = \"x\"\nwrite_mode = \"insert\"\ncolumn_types = { Number = \"text -- x\" }", "column_types"),
+            ("name = \"x\"\nkind = \"connect_errors\"\nauto_create = true", "auto_create"),
         ];
         for (text, key) in cases {
             let err = parse(text).unwrap_err().to_string();

@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::{EntityDeleteMode, FlowSpec};
+use super::{EntityDeleteMode, FlowSpec, TimeSource};
 use crate::ngsi::value::{AttrValue, CellValue};
 use crate::ngsi::{geo, time, Entity, NgsiHeaders, Notification};
 use crate::route::{self, check_identifier, Datamodel, TableRef};
+use crate::tenants::Tenants;
 
 /// Settings transform needs besides the flow.
 #[derive(Debug, Clone)]
@@ -19,6 +20,8 @@ pub struct TransformOptions {
     pub default_datamodel: Datamodel,
     /// SRID embedded in every geometry (default 4326).
     pub srid: i32,
+    /// Per-tenant default datamodel and fixed schema (`tenants.toml`).
+    pub tenants: Arc<Tenants>,
 }
 
 impl Default for TransformOptions {
@@ -26,6 +29,7 @@ impl Default for TransformOptions {
         Self {
             default_datamodel: Datamodel::ByEntityTypeDatabase,
             srid: 4326,
+            tenants: Arc::default(),
         }
     }
 }
@@ -99,14 +103,25 @@ pub fn transform(
     let Notification {
         headers, entities, ..
     } = notification;
+    // The header wins, then the tenant's own default, then the process-wide one.
+    let tenant = opts.tenants.get(&headers.service);
     let datamodel = match &headers.datamodel {
         Some(name) => name.parse::<Datamodel>(),
-        None => Ok(opts.default_datamodel),
+        None => Ok(tenant
+            .and_then(|t| t.datamodel)
+            .unwrap_or(opts.default_datamodel)),
     };
+    let fixed_schema = tenant.and_then(|t| t.schema.as_deref());
     entities
         .into_iter()
         .enumerate()
-        .map(|(i, e)| record(spec, &headers, e, i, &datamodel, recv_time, opts))
+        .map(|(i, e)| {
+            let mut r = record(spec, &headers, e, i, &datamodel, recv_time, opts);
+            if let Some(schema) = fixed_schema {
+                in_schema(&mut r, schema);
+            }
+            r
+        })
         .collect()
 }
 
@@ -166,44 +181,33 @@ fn record(
             entity_index: index,
         });
     }
-    // A null TimeInstant is treated as an absent one (allowed where the flow allows that).
-    match entity
-        .attribute("timeinstant")
-        .filter(|a| !a.value.is_null())
-    {
-        Some(attr) => {
-            let parsed = attr.value.as_str().map(time::parse_datetime);
-            match parsed {
-                Some(Ok(t)) => columns.push(("timeinstant".into(), CellValue::Instant(t))),
-                _ => {
-                    return Err(fail(
-                        Some(target),
-                        columns,
-                        format!(
-                            "invalid TimeInstant {}: expected an ISO 8601 date-time string",
-                            attr.value
-                        ),
-                    ))
-                }
-            }
+    // A null value is treated as an absent one (allowed where the flow allows that).
+    match time_index(&spec.time_index, &entity, recv_time) {
+        Ok(Some(t)) => columns.push(("timeinstant".into(), CellValue::Instant(t))),
+        Ok(None) if spec.require_timeinstant => {
+            let message = missing_time_index(&spec.time_index, &spec.name);
+            return Err(fail(Some(target), columns, message));
         }
-        None if spec.require_timeinstant => {
-            return Err(fail(
-                Some(target),
-                columns,
-                format!(
-                    "missing TimeInstant attribute required by flow {}",
-                    spec.name
-                ),
-            ))
-        }
-        None => {}
+        Ok(None) => {}
+        Err(message) => return Err(fail(Some(target), columns, message)),
     }
     columns.push(("recvtime".into(), CellValue::Instant(recv_time)));
     let mut errors = Vec::new();
-    for attr in entity.attributes {
+    let mut metadata_columns = Vec::new();
+    for mut attr in entity.attributes {
         let name = attr.name.to_lowercase();
-        if SKIPPED.contains(&name.as_str()) || name == "timeinstant" {
+        if SKIPPED.contains(&name.as_str()) {
+            continue;
+        }
+        if spec.store_metadata {
+            if let Some(md) = attr.metadata.take() {
+                match metadata_column(&name, md) {
+                    Ok(c) => metadata_columns.push(c),
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        if name == "timeinstant" {
             continue;
         }
         if name == "recvtime" {
@@ -232,6 +236,15 @@ fn record(
             None => columns.push((name, value)),
         }
     }
+    for (name, value) in metadata_columns {
+        if columns.iter().any(|(c, _)| *c == name) {
+            errors.push(format!(
+                "metadata column {name:?} collides with an attribute or column of that name"
+            ));
+        } else {
+            columns.push((name, value));
+        }
+    }
     if !errors.is_empty() {
         return Err(fail(Some(target), columns, errors.join("; ")));
     }
@@ -241,6 +254,104 @@ fn record(
         columns,
         entity_index: index,
     })
+}
+
+/// Puts a record's table in the tenant's fixed schema (`tenants.toml`).
+fn in_schema(r: &mut Result<RowOp, RecordError>, schema: &str) {
+    let target = match r {
+        Ok(op) => Some(&mut op.target),
+        Err(e) => e.target.as_mut(),
+    };
+    if let Some(t) = target {
+        t.schema = schema.to_string();
+    }
+}
+
+/// The record's `timeinstant` from the flow's time index: the first source present and not
+/// null decides; `Ok(None)` when none is.
+///
+/// # Errors
+/// The message for a deciding value that is not an ISO 8601 date-time string.
+fn time_index(
+    sources: &[TimeSource],
+    entity: &Entity,
+    recv_time: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, String> {
+    for source in sources {
+        let (what, value) = match source {
+            TimeSource::ReceiveTime => return Ok(Some(recv_time)),
+            TimeSource::Attribute(name) => match entity
+                .attribute(name)
+                .filter(|a| !a.value.is_null())
+            {
+                Some(a) => (a.name.clone(), &a.value),
+                None => continue,
+            },
+            TimeSource::Metadata { attribute, name } => {
+                let found = entity
+                    .attributes
+                    .iter()
+                    .filter(|a| {
+                        attribute
+                            .as_deref()
+                            .is_none_or(|n| a.name.eq_ignore_ascii_case(n))
+                    })
+                    .find_map(|a| {
+                        let md = a.metadata.as_ref()?;
+                        let item = md
+                            .iter()
+                            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                            .map(|(_, v)| v)?;
+                        // Metadata items are `{"type": T, "value": V}`; a bare value is taken as is.
+                        let v = item.get("value").unwrap_or(item);
+                        (!v.is_null()).then(|| (a.name.as_str(), v))
+                    });
+                match found {
+                    Some((attr, v)) => (format!("metadata {name} of attribute {attr:?}"), v),
+                    None => continue,
+                }
+            }
+        };
+        return match value.as_str().map(time::parse_datetime) {
+            Some(Ok(t)) => Ok(Some(t)),
+            _ => Err(format!(
+                "invalid {what} {value}: expected an ISO 8601 date-time string"
+            )),
+        };
+    }
+    Ok(None)
+}
+
+/// The error of a record whose time index finds nothing in a flow that requires one.
+fn missing_time_index(sources: &[TimeSource], flow: &str) -> String {
+    match sources {
+        [TimeSource::Attribute(name)] => {
+            format!("missing {name} attribute required by flow {flow}")
+        }
+        _ => {
+            let list: Vec<String> = sources.iter().map(ToString::to_string).collect();
+            format!(
+                "missing time index: none of {} is present, required by flow {flow}",
+                list.join(", ")
+            )
+        }
+    }
+}
+
+/// The `<attribute>_md` jsonb column holding an attribute's metadata object.
+fn metadata_column(
+    name: &str,
+    md: serde_json::Map<String, serde_json::Value>,
+) -> Result<(String, CellValue), String> {
+    let column = format!("{name}_md");
+    check_identifier(&column).map_err(|e| format!("metadata column: {e}"))?;
+    let value = AttrValue {
+        ngsi_type: Some("StructuredValue".into()),
+        value: serde_json::Value::Object(md),
+        instant: None,
+        ewkb: None,
+    };
+    Ok((column, CellValue::Attr(value)))
 }
 
 fn attr_value(
@@ -582,6 +693,144 @@ mod tests {
             panic!()
         };
         assert_eq!(ty.value, serde_json::json!("Override"));
+    }
+
+    fn run_with(
+        spec: &FlowSpec,
+        opts: &TransformOptions,
+        headers: &[(&str, &str)],
+        body: serde_json::Value,
+    ) -> Vec<Result<RowOp, RecordError>> {
+        let h: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        let n = decode(Some(body.to_string().as_bytes()), &h).unwrap();
+        transform(spec, n, now(), opts)
+    }
+
+    fn with_time_index(flow: &str, entries: &[&str]) -> FlowSpec {
+        let mut spec = shipped_flow(flow);
+        spec.time_index = entries.iter().map(|e| TimeSource::parse(e).unwrap()).collect();
+        spec
+    }
+
+    fn instant(op: &RowOp) -> Option<DateTime<Utc>> {
+        match op.get("timeinstant") {
+            Some(CellValue::Instant(t)) => Some(*t),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn time_index_chain_takes_the_first_present_source() {
+        let spec = with_time_index(
+            "historic",
+            &["TimeInstant", "*.metadata.TimeInstant", "dateObserved", "recvTime"],
+        );
+        let opts = TransformOptions::default();
+        let at = |s: &str| time::parse_datetime(s).unwrap();
+        let entity = |attrs: serde_json::Value| {
+            let mut e = serde_json::json!({"id": "E", "type": "T"});
+            e.as_object_mut()
+                .unwrap()
+                .extend(attrs.as_object().unwrap().clone());
+            serde_json::json!({"data": [e]})
+        };
+        let cases = [
+            (
+                serde_json::json!({"TimeInstant": {"type": "DateTime", "value": "2026-01-01T00:00:00Z"},
+                    "temp": {"type": "Number", "value": 1, "metadata": {"TimeInstant": {"type": "DateTime", "value": "2026-02-01T00:00:00Z"}}}}),
+                at("2026-01-01T00:00:00Z"),
+            ),
+            (
+                serde_json::json!({"TimeInstant": {"type": "DateTime", "value": null},
+                    "temp": {"type": "Number", "value": 1, "metadata": {"timeinstant": {"type": "DateTime", "value": "2026-02-01T00:00:00Z"}}},
+                    "dateObserved": {"type": "DateTime", "value": "2026-03-01T00:00:00Z"}}),
+                at("2026-02-01T00:00:00Z"),
+            ),
+            (
+                serde_json::json!({"dateObserved": {"type": "DateTime", "value": "2026-03-01T00:00:00Z"}}),
+                at("2026-03-01T00:00:00Z"),
+            ),
+            (serde_json::json!({"temp": {"type": "Number", "value": 1}}), now()),
+        ];
+        for (attrs, want) in cases {
+            let op = run_with(&spec, &opts, &[], entity(attrs.clone())).remove(0).unwrap();
+            assert_eq!(instant(&op), Some(want), "{attrs}");
+        }
+        // dateObserved stays a column of its own; TimeInstant is the timeinstant column.
+        let op = run_with(&spec, &opts, &[], entity(cases_columns())).remove(0).unwrap();
+        assert!(op.get("dateobserved").is_some());
+        // The deciding source must parse: it is never skipped for the next one.
+        let bad = entity(serde_json::json!({"dateObserved": {"type": "DateTime", "value": "soon"}}));
+        let err = run_with(&spec, &opts, &[], bad).remove(0).unwrap_err();
+        assert!(err.message.starts_with("invalid dateObserved \"soon\""), "{}", err.message);
+        // One attribute's metadata only, and no fallback: a required time index is missing.
+        let spec = with_time_index("historic", &["temp.metadata.TimeInstant", "dateObserved"]);
+        let none = entity(serde_json::json!({"other": {"type": "Number", "value": 1, "metadata": {"TimeInstant": {"value": "2026-02-01T00:00:00Z"}}}}));
+        let err = run_with(&spec, &opts, &[], none).remove(0).unwrap_err();
+        assert_eq!(
+            err.message,
+            "missing time index: none of temp.metadata.TimeInstant, dateObserved is present, required by flow historic"
+        );
+    }
+
+    fn cases_columns() -> serde_json::Value {
+        serde_json::json!({"TimeInstant": {"type": "DateTime", "value": "2026-01-01T00:00:00Z"},
+            "dateObserved": {"type": "DateTime", "value": "2026-03-01T00:00:00Z"}})
+    }
+
+    #[test]
+    fn metadata_goes_to_md_columns_when_stored() {
+        let body = serde_json::json!({"data": [{"id": "E", "type": "T",
+            "TimeInstant": {"type": "DateTime", "value": "2026-01-01T00:00:00Z"},
+            "temp": {"type": "Number", "value": 20, "metadata": {"unitCode": {"type": "Text", "value": "CEL"}}},
+            "status": {"type": "Text", "value": "ok", "metadata": {}}}]});
+        let mut spec = shipped_flow("historic");
+        let opts = TransformOptions::default();
+        let op = run_with(&spec, &opts, &[], body.clone()).remove(0).unwrap();
+        assert!(op.get("temp_md").is_none());
+        spec.store_metadata = true;
+        let op = run_with(&spec, &opts, &[], body).remove(0).unwrap();
+        match op.get("temp_md") {
+            Some(CellValue::Attr(a)) => {
+                assert_eq!(a.value, serde_json::json!({"unitCode": {"type": "Text", "value": "CEL"}}))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(op.get("status_md").is_none(), "empty metadata stores nothing");
+        let clash = serde_json::json!({"data": [{"id": "E", "type": "T",
+            "TimeInstant": {"type": "DateTime", "value": "2026-01-01T00:00:00Z"},
+            "temp": {"type": "Number", "value": 20, "metadata": {"a": {"value": 1}}},
+            "temp_md": {"type": "Text", "value": "x"}}]});
+        let err = run_with(&spec, &opts, &[], clash).remove(0).unwrap_err();
+        assert!(err.message.contains("metadata column \"temp_md\" collides"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_tenant_routes_with_its_own_datamodel_and_schema() {
+        let tenants = Tenants::parse(
+            "[services.acme]\ndatamodel = \"dm-by-fixed-entity-type-database-schema\"\n\
+             [services.beta]\nschema = \"beta_data\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let opts = TransformOptions {
+            tenants: Arc::new(tenants),
+            ..TransformOptions::default()
+        };
+        let spec = shipped_flow("historic");
+        let target = |service: &str, extra: &[(&'static str, &'static str)]| {
+            let mut h = vec![("fiware-service", service), ("fiware-servicepath", "/north")];
+            h.extend_from_slice(extra);
+            run_with(&spec, &opts, &h, sample()).remove(0).unwrap().target.to_string()
+        };
+        assert_eq!(target("acme", &[]), "north.parkingspot");
+        assert_eq!(
+            target("acme", &[("fiware-datamodel", "dm-by-entity-type-database")]),
+            "acme.north_parkingspot",
+            "the header still overrides"
+        );
+        assert_eq!(target("beta", &[]), "beta_data.north_parkingspot");
+        assert_eq!(target("gamma", &[]), "gamma.north_parkingspot");
     }
 
     #[test]

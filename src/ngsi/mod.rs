@@ -102,7 +102,8 @@ impl NgsiHeaders {
 }
 
 /// One NGSI attribute as notified in normalized format: `{"type": T, "value": V, "metadata": {}}`.
-/// Metadata is ignored by the PostGIS flows (Kafnus writes no metadata column).
+/// Metadata is kept for flows that store it (`store_metadata`) or take their time index from it
+/// (`time_index`); Kafnus writes no metadata column, and neither does a flow by default.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attribute {
     /// Attribute name exactly as notified (column names are its lower-cased form).
@@ -111,6 +112,9 @@ pub struct Attribute {
     pub ngsi_type: Option<String>,
     /// The attribute value; `null` when missing.
     pub value: Json,
+    /// The attribute's `metadata` object when notified and not empty (NGSIv2 §"Attribute
+    /// metadata"): `{"<name>": {"type": T, "value": V}, …}`.
+    pub metadata: Option<Map<String, Json>>,
 }
 
 /// One entity of a notification (a *record* in flow terms).
@@ -297,22 +301,27 @@ fn entity_from_json(raw: Json) -> Entity {
                 "id" => id = v.as_str().map(str::to_string),
                 "type" => entity_type = v.as_str().map(str::to_string),
                 _ => {
-                    let (ngsi_type, value) = match v {
+                    let (ngsi_type, value, metadata) = match v {
                         Json::Object(mut attr) => (
                             match attr.swap_remove("type") {
                                 Some(Json::String(t)) => Some(t),
                                 _ => None,
                             },
                             attr.swap_remove("value").unwrap_or(Json::Null),
+                            match attr.swap_remove("metadata") {
+                                Some(Json::Object(m)) if !m.is_empty() => Some(m),
+                                _ => None,
+                            },
                         ),
                         // keyValues format: the bare value (Kafnus wrote NULL here; keeping the
                         // value is strictly more useful and loses nothing).
-                        other => (None, other),
+                        other => (None, other, None),
                     };
                     attributes.push(Attribute {
                         name,
                         ngsi_type,
                         value,
+                        metadata,
                     });
                 }
             }

@@ -180,6 +180,16 @@ impl FlowHandle {
             .observe(rows as f64);
     }
 
+    /// `n` DDL statements (auto-create, auto-evolve) committed.
+    pub(crate) fn ddl_statements(&self, n: u64) {
+        if n > 0 {
+            self.metrics
+                .ddl_statements
+                .with_label_values(&[&self.flow])
+                .inc_by(n);
+        }
+    }
+
     /// `rows` error-log rows could not be written.
     pub(crate) fn error_log_failures(&self, rows: u64) {
         self.metrics

@@ -286,6 +286,10 @@ where
             self.handle.error_log_failures(f.rows);
             window.fail_error_rows(&f.sources, &f.error);
         }
+        for statement in &outcome.ddl {
+            tracing::info!(flow, statement = ?statement, "table or column created");
+        }
+        self.handle.ddl_statements(outcome.ddl.len() as u64);
         window.set_written(outcome);
     }
 

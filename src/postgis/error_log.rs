@@ -6,11 +6,13 @@
 //! other tenants go to one fallback error log, their service named in the error text.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::Transaction;
 
 use crate::route::{error_log_table, TableRef};
+use crate::tenants::Tenants;
 use crate::text::truncate;
 
 use super::error::{classify, describe, is_error_log_recreatable, is_lock_timeout, ErrorClass};
@@ -27,6 +29,8 @@ const MAX_SERVICE_CHARS: usize = 128;
 pub(crate) struct ErrorLogs {
     ensured: HashMap<TableRef, Shape>,
     fallback: TableRef,
+    /// A tenant with a fixed schema (`tenants.toml`) has its error log there.
+    tenants: Arc<Tenants>,
 }
 
 /// How an error-log table takes rows.
@@ -57,7 +61,23 @@ impl ErrorLogs {
         Self {
             ensured: HashMap::new(),
             fallback,
+            tenants: Arc::default(),
         }
+    }
+
+    /// Puts the error log of each tenant with a fixed schema in that schema.
+    pub(crate) fn set_tenants(&mut self, tenants: Arc<Tenants>) {
+        self.tenants = tenants;
+    }
+
+    /// A tenant's own error log: `<svc>.<svc>_error_log`, or `<schema>.<svc>_error_log` for a
+    /// tenant with a fixed schema; `None` when the names exceed PostgreSQL's limit.
+    fn tenant_table(&self, service: &str) -> Option<TableRef> {
+        let mut table = error_log_table(service).ok()?;
+        if let Some(schema) = self.tenants.get(service).and_then(|t| t.schema.as_ref()) {
+            table.schema = schema.clone();
+        }
+        Some(table)
     }
 
     /// Records the tables [`ErrorLogs::write`] created or confirmed, once the transaction
@@ -103,7 +123,7 @@ impl ErrorLogs {
     ) -> Result<Vec<TableRows<'a>>, TransientError> {
         let wanted: Vec<Option<TableRef>> = rows
             .iter()
-            .map(|r| error_log_table(&r.service).ok())
+            .map(|r| self.tenant_table(&r.service))
             .collect();
         let unknown: Vec<String> = wanted
             .iter()

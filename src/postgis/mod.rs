@@ -11,11 +11,14 @@
 
 pub mod bind;
 pub(crate) mod connection;
+pub(crate) mod ddl;
 pub mod error;
 pub(crate) mod error_log;
+pub(crate) mod evolve;
 pub(crate) mod meta;
 pub(crate) mod plan;
 pub(crate) mod readable;
+pub mod retention;
 pub(crate) mod sql;
 pub mod tls;
 pub(crate) mod writer;
@@ -197,6 +200,9 @@ pub struct WindowOutcome {
     pub deferred: Vec<usize>,
     /// Tables found locked by this write (a subset of the deferred items' tables).
     pub locked: Vec<TableRef>,
+    /// DDL statements run for flows with `auto_create`/`auto_evolve` (schemas, tables, columns
+    /// and indexes created), committed with the window.
+    pub ddl: Vec<String>,
 }
 
 /// The PostGIS sink of one flow: one connection, table metadata and prepared statement caches.
@@ -258,6 +264,13 @@ impl Sink {
         }
         self.client = Some(client);
         Ok(())
+    }
+
+    /// Puts the error log of each tenant with a fixed schema (`tenants.toml`) in that schema.
+    #[must_use]
+    pub fn with_tenants(mut self, tenants: Arc<crate::tenants::Tenants>) -> Self {
+        self.error_logs.set_tenants(tenants);
+        self
     }
 
     fn drop_connection(&mut self) {

@@ -239,6 +239,38 @@ pub fn insert_error_log(table: &TableRef, with_source: bool, on_conflict: bool) 
     )
 }
 
+/// Error-log tables to prune: every table named `*_error_log` that has `timestamp` and `error`
+/// columns, and the fallback error log (`$1` schema, `$2` table). One row (schema, table) each.
+pub const ERROR_LOG_TABLES: &str = "SELECT n.nspname::text, c.relname::text \
+     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind IN ('r', 'p') \
+       AND (c.relname LIKE '%\\_error\\_log' OR (n.nspname = $1 AND c.relname = $2)) \
+       AND (SELECT count(*) FROM pg_attribute a WHERE a.attrelid = c.oid \
+            AND a.attname IN ('timestamp', 'error') AND NOT a.attisdropped) = 2 \
+     ORDER BY 1, 2";
+
+/// Rows deleted by one pruning statement: small batches keep each statement short, so pruning
+/// never holds locks or WAL long enough to slow the flows writing the same table.
+pub const PRUNE_BATCH: u64 = 1000;
+
+/// Deletes up to [`PRUNE_BATCH`] error-log rows older than `$1::int` days.
+pub fn prune_error_log_by_age(table: &TableRef) -> String {
+    let t = table.quoted();
+    format!(
+        "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} \
+         WHERE \"timestamp\" < now() - make_interval(days => $1::int) LIMIT {PRUNE_BATCH}))"
+    )
+}
+
+/// Deletes up to [`PRUNE_BATCH`] of the oldest error-log rows beyond the newest `$1::bigint`.
+pub fn prune_error_log_by_cap(table: &TableRef) -> String {
+    let t = table.quoted();
+    format!(
+        "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} \
+         ORDER BY \"timestamp\" DESC OFFSET $1::bigint LIMIT {PRUNE_BATCH}))"
+    )
+}
+
 /// Which of the schema names in `$1::text[]` exist (one row per existing name).
 pub const EXISTING_SCHEMAS: &str =
     "SELECT n.nspname::text FROM pg_namespace n WHERE n.nspname = ANY($1::text[])";

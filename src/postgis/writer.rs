@@ -17,6 +17,7 @@ use crate::flow::{FlowSpec, WriteMode};
 use crate::ngsi::value::CellValue;
 
 use super::bind::{bind_text, BindError};
+use super::evolve::Prepared;
 use super::error::{
     classify, describe, is_lock_timeout, is_lost_prepared_statement, is_stale_metadata, ErrorClass,
 };
@@ -112,9 +113,28 @@ impl Writer<'_> {
         group: &Group,
         fresh: bool,
     ) -> Result<Pass, TransientError> {
-        let Some(meta) = self.meta.get(tx, &group.target, fresh).await? else {
+        let mut meta = self.meta.get(tx, &group.target, fresh).await?;
+        let configures = self.spec.auto_create || self.spec.auto_evolve;
+        if configures {
+            meta = match self.prepare_table(tx, items, group, meta).await? {
+                Prepared::Ready(meta) => meta,
+                Prepared::Locked => return Ok(Pass::Locked),
+                Prepared::Failed(e) => return Ok(Pass::Settled(fail_all(items, group, &e))),
+            };
+        }
+        let Some(meta) = meta else {
             let e = format!("table {} does not exist", group.target.quoted());
             return Ok(Pass::Settled(fail_all(items, group, &e)));
+        };
+        // A flow that creates columns creates one with its first non-null value; a NULL for a
+        // column that does not exist yet stores nothing, so the column is left out.
+        let pruned;
+        let group = match configures.then(|| without_null_only(items, group, &meta)) {
+            Some(Some(g)) => {
+                pruned = g;
+                &pruned
+            }
+            _ => group,
         };
         let missing: Vec<String> = group
             .columns
@@ -429,6 +449,26 @@ impl Writer<'_> {
             }
         }
     }
+}
+
+/// `group` without the columns the table lacks and every item leaves NULL, if there are any.
+fn without_null_only(items: &[WriteItem], group: &Group, meta: &TableMeta) -> Option<Group> {
+    let null_only = |c: &String| {
+        !meta.contains_key(c.as_str())
+            && group.items.iter().all(|&i| {
+                items[i].op.get(c).is_none_or(|v| match v {
+                    CellValue::Null => true,
+                    CellValue::Attr(a) => a.value.is_null(),
+                    _ => false,
+                })
+            })
+    };
+    if !group.columns.iter().any(null_only) {
+        return None;
+    }
+    let mut g = group.clone();
+    g.columns.retain(|c| !null_only(c));
+    Some(g)
 }
 
 /// Every item of `group` fails with `message` (the table or a column is missing).
