@@ -194,8 +194,12 @@ pub async fn run(
             policy,
             cancel.clone(),
             move |p| {
-                m.error_log_pruned.with_label_values(&["age"]).inc_by(p.by_age);
-                m.error_log_pruned.with_label_values(&["cap"]).inc_by(p.by_cap);
+                m.error_log_pruned
+                    .with_label_values(&["age"])
+                    .inc_by(p.by_age);
+                m.error_log_pruned
+                    .with_label_values(&["cap"])
+                    .inc_by(p.by_cap);
             },
         ));
     }

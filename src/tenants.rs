@@ -149,10 +149,7 @@ mod tests {
         .unwrap();
         assert_eq!(t.len(), 2);
         let acme = t.get("acme").unwrap();
-        assert_eq!(
-            acme.datamodel,
-            Some(Datamodel::ByEntityTypeDatabaseSchema)
-        );
+        assert_eq!(acme.datamodel, Some(Datamodel::ByEntityTypeDatabaseSchema));
         assert_eq!(acme.schema.as_deref(), Some("acme_data"));
         assert_eq!(t.get("beta").unwrap().schema, None);
         assert!(t.get("gamma").is_none());
@@ -162,7 +159,10 @@ mod tests {
     fn invalid_files_name_the_service_and_key() {
         let cases = [
             ("[services.a]\nbogus = 1", "bogus"),
-            ("[services.a]\ndatamodel = \"dm-nope\"", "services.a.datamodel"),
+            (
+                "[services.a]\ndatamodel = \"dm-nope\"",
+                "services.a.datamodel",
+            ),
             ("[services.a]\nschema = \"\"", "services.a.schema"),
             (
                 &format!("[services.a]\nschema = \"{}\"", "s".repeat(64)) as &str,
@@ -183,7 +183,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ngsiflow-tenants-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         assert!(Tenants::load(None, &dir).unwrap().is_empty());
-        std::fs::write(dir.join(DEFAULT_FILE_NAME), "[services.x]\nschema = \"y\"\n").unwrap();
+        std::fs::write(
+            dir.join(DEFAULT_FILE_NAME),
+            "[services.x]\nschema = \"y\"\n",
+        )
+        .unwrap();
         assert_eq!(Tenants::load(None, &dir).unwrap().len(), 1);
         let missing = dir.join("absent.toml");
         assert!(Tenants::load(Some(&missing), &dir).is_err());

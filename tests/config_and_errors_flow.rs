@@ -19,7 +19,15 @@ fn invalid_configuration_exits_2_naming_the_key() {
     let empty = dir.join("empty-secret");
     std::fs::write(&empty, "\n").unwrap();
     let empty = empty.to_str().unwrap().to_string();
-    let cases: [(Option<&str>, Vec<&str>, &str); 9] = [
+    let tenants = dir.join("bad-tenants.txt");
+    std::fs::write(&tenants, "[services.acme]\ndatamodel = \"dm-nope\"\n").unwrap();
+    let tenants = tenants.to_str().unwrap().to_string();
+    let cases: [(Option<&str>, Vec<&str>, &str); 10] = [
+        (
+            None,
+            vec!["--flows-dir", &good_dir, "--tenants-file", &tenants],
+            "bad-tenants.txt: services.acme.datamodel: unknown datamodel \"dm-nope\"",
+        ),
         (
             Some("name = \"historic\"\nwrite_mode = \"insert\"\nbatch = 3\n"),
             vec!["--flows-dir", &bad_dir],

@@ -316,9 +316,15 @@ impl FlowFile {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|m| invalid("time_index", m))?;
         if time_index.is_empty() {
-            return Err(invalid("time_index", "must list at least one source".into()));
+            return Err(invalid(
+                "time_index",
+                "must list at least one source".into(),
+            ));
         }
-        if let Some(i) = time_index.iter().position(|s| *s == TimeSource::ReceiveTime) {
+        if let Some(i) = time_index
+            .iter()
+            .position(|s| *s == TimeSource::ReceiveTime)
+        {
             if i + 1 != time_index.len() {
                 return Err(invalid(
                     "time_index",
@@ -390,7 +396,10 @@ pub fn load_flows(
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         // The tenants file may live beside the flows (`crate::tenants`); it is not a flow.
-        .filter(|p| p.file_name().is_some_and(|n| n != crate::tenants::DEFAULT_FILE_NAME))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n != crate::tenants::DEFAULT_FILE_NAME)
+        })
         .collect();
     files.sort();
     let mut flows: Vec<FlowSpec> = Vec::new();
@@ -475,13 +484,21 @@ mod tests {
         let shown: Vec<String> = f.time_index.iter().map(ToString::to_string).collect();
         assert_eq!(
             shown,
-            ["TimeInstant", "*.metadata.TimeInstant", "temp.metadata.observedAt", "recvTime"]
+            [
+                "TimeInstant",
+                "*.metadata.TimeInstant",
+                "temp.metadata.observedAt",
+                "recvTime"
+            ]
         );
         assert_eq!(
             f.column_types,
             [
                 ("number".to_string(), "numeric(12, 3)".to_string()),
-                ("geo:json".to_string(), "geometry(Geometry, 4326)".to_string())
+                (
+                    "geo:json".to_string(),
+                    "geometry(Geometry, 4326)".to_string()
+                )
             ]
         );
     }

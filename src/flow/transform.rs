@@ -280,13 +280,12 @@ fn time_index(
     for source in sources {
         let (what, value) = match source {
             TimeSource::ReceiveTime => return Ok(Some(recv_time)),
-            TimeSource::Attribute(name) => match entity
-                .attribute(name)
-                .filter(|a| !a.value.is_null())
-            {
-                Some(a) => (a.name.clone(), &a.value),
-                None => continue,
-            },
+            TimeSource::Attribute(name) => {
+                match entity.attribute(name).filter(|a| !a.value.is_null()) {
+                    Some(a) => (a.name.clone(), &a.value),
+                    None => continue,
+                }
+            }
             TimeSource::Metadata { attribute, name } => {
                 let found = entity
                     .attributes
@@ -708,7 +707,10 @@ mod tests {
 
     fn with_time_index(flow: &str, entries: &[&str]) -> FlowSpec {
         let mut spec = shipped_flow(flow);
-        spec.time_index = entries.iter().map(|e| TimeSource::parse(e).unwrap()).collect();
+        spec.time_index = entries
+            .iter()
+            .map(|e| TimeSource::parse(e).unwrap())
+            .collect();
         spec
     }
 
@@ -723,7 +725,12 @@ mod tests {
     fn time_index_chain_takes_the_first_present_source() {
         let spec = with_time_index(
             "historic",
-            &["TimeInstant", "*.metadata.TimeInstant", "dateObserved", "recvTime"],
+            &[
+                "TimeInstant",
+                "*.metadata.TimeInstant",
+                "dateObserved",
+                "recvTime",
+            ],
         );
         let opts = TransformOptions::default();
         let at = |s: &str| time::parse_datetime(s).unwrap();
@@ -750,22 +757,36 @@ mod tests {
                 serde_json::json!({"dateObserved": {"type": "DateTime", "value": "2026-03-01T00:00:00Z"}}),
                 at("2026-03-01T00:00:00Z"),
             ),
-            (serde_json::json!({"temp": {"type": "Number", "value": 1}}), now()),
+            (
+                serde_json::json!({"temp": {"type": "Number", "value": 1}}),
+                now(),
+            ),
         ];
         for (attrs, want) in cases {
-            let op = run_with(&spec, &opts, &[], entity(attrs.clone())).remove(0).unwrap();
+            let op = run_with(&spec, &opts, &[], entity(attrs.clone()))
+                .remove(0)
+                .unwrap();
             assert_eq!(instant(&op), Some(want), "{attrs}");
         }
         // dateObserved stays a column of its own; TimeInstant is the timeinstant column.
-        let op = run_with(&spec, &opts, &[], entity(cases_columns())).remove(0).unwrap();
+        let op = run_with(&spec, &opts, &[], entity(cases_columns()))
+            .remove(0)
+            .unwrap();
         assert!(op.get("dateobserved").is_some());
         // The deciding source must parse: it is never skipped for the next one.
-        let bad = entity(serde_json::json!({"dateObserved": {"type": "DateTime", "value": "soon"}}));
+        let bad =
+            entity(serde_json::json!({"dateObserved": {"type": "DateTime", "value": "soon"}}));
         let err = run_with(&spec, &opts, &[], bad).remove(0).unwrap_err();
-        assert!(err.message.starts_with("invalid dateObserved \"soon\""), "{}", err.message);
+        assert!(
+            err.message.starts_with("invalid dateObserved \"soon\""),
+            "{}",
+            err.message
+        );
         // One attribute's metadata only, and no fallback: a required time index is missing.
         let spec = with_time_index("historic", &["temp.metadata.TimeInstant", "dateObserved"]);
-        let none = entity(serde_json::json!({"other": {"type": "Number", "value": 1, "metadata": {"TimeInstant": {"value": "2026-02-01T00:00:00Z"}}}}));
+        let none = entity(
+            serde_json::json!({"other": {"type": "Number", "value": 1, "metadata": {"TimeInstant": {"value": "2026-02-01T00:00:00Z"}}}}),
+        );
         let err = run_with(&spec, &opts, &[], none).remove(0).unwrap_err();
         assert_eq!(
             err.message,
@@ -792,17 +813,27 @@ mod tests {
         let op = run_with(&spec, &opts, &[], body).remove(0).unwrap();
         match op.get("temp_md") {
             Some(CellValue::Attr(a)) => {
-                assert_eq!(a.value, serde_json::json!({"unitCode": {"type": "Text", "value": "CEL"}}))
+                assert_eq!(
+                    a.value,
+                    serde_json::json!({"unitCode": {"type": "Text", "value": "CEL"}})
+                )
             }
             other => panic!("{other:?}"),
         }
-        assert!(op.get("status_md").is_none(), "empty metadata stores nothing");
+        assert!(
+            op.get("status_md").is_none(),
+            "empty metadata stores nothing"
+        );
         let clash = serde_json::json!({"data": [{"id": "E", "type": "T",
             "TimeInstant": {"type": "DateTime", "value": "2026-01-01T00:00:00Z"},
             "temp": {"type": "Number", "value": 20, "metadata": {"a": {"value": 1}}},
             "temp_md": {"type": "Text", "value": "x"}}]});
         let err = run_with(&spec, &opts, &[], clash).remove(0).unwrap_err();
-        assert!(err.message.contains("metadata column \"temp_md\" collides"), "{}", err.message);
+        assert!(
+            err.message.contains("metadata column \"temp_md\" collides"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
@@ -819,13 +850,23 @@ mod tests {
         };
         let spec = shipped_flow("historic");
         let target = |service: &str, extra: &[(&'static str, &'static str)]| {
-            let mut h = vec![("fiware-service", service), ("fiware-servicepath", "/north")];
+            let mut h = vec![
+                ("fiware-service", service),
+                ("fiware-servicepath", "/north"),
+            ];
             h.extend_from_slice(extra);
-            run_with(&spec, &opts, &h, sample()).remove(0).unwrap().target.to_string()
+            run_with(&spec, &opts, &h, sample())
+                .remove(0)
+                .unwrap()
+                .target
+                .to_string()
         };
         assert_eq!(target("acme", &[]), "north.parkingspot");
         assert_eq!(
-            target("acme", &[("fiware-datamodel", "dm-by-entity-type-database")]),
+            target(
+                "acme",
+                &[("fiware-datamodel", "dm-by-entity-type-database")]
+            ),
             "acme.north_parkingspot",
             "the header still overrides"
         );

@@ -295,8 +295,14 @@ pub async fn ensure_topics(
         return Ok(());
     }
     let admin: AdminClient<DefaultClientContext> = config.create()?;
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
+    // Flows may share a topic (fan-out: one Orion subscription, several flows), and a topic
+    // named twice in one CreateTopics request crashes librdkafka's admin client (SIGSEGV, seen
+    // with two flow files reading one topic).
+    let mut unique: Vec<&String> = topics.iter().collect();
+    unique.sort_unstable();
+    unique.dedup();
+    let new: Vec<NewTopic<'_>> = unique
+        .into_iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
         .collect();
     // Both timeouts: the request one also bounds a broker that cannot be reached or refuses

@@ -261,7 +261,10 @@ mod tests {
             (attr(Some("Number"), json!(21)), "double precision"),
             (attr(Some("Boolean"), json!(true)), "boolean"),
             (attr(Some("Text"), json!("ok")), "text"),
-            (attr(Some("DateTime"), json!("2026-01-01T00:00:00Z")), "timestamptz"),
+            (
+                attr(Some("DateTime"), json!("2026-01-01T00:00:00Z")),
+                "timestamptz",
+            ),
             (attr(Some("ISO8601"), json!("2026-01-01")), "timestamptz"),
             (attr(Some("StructuredValue"), json!({"a": 1})), "jsonb"),
             (attr(Some("json"), json!([1])), "jsonb"),
@@ -285,7 +288,10 @@ mod tests {
     #[test]
     fn geometry_kinds_and_srid_come_from_the_value() {
         let cases = [
-            (geo("geo:point", json!("40.4, -3.7")), "geometry(Point, 4326)"),
+            (
+                geo("geo:point", json!("40.4, -3.7")),
+                "geometry(Point, 4326)",
+            ),
             (
                 geo("geo:line", json!(["40.4, -3.7", "40.5, -3.6"])),
                 "geometry(LineString, 4326)",
@@ -295,7 +301,10 @@ mod tests {
                 "geometry(Polygon, 4326)",
             ),
             (
-                geo("geo:json", json!({"type": "Point", "coordinates": [1.0, 2.0, 3.0]})),
+                geo(
+                    "geo:json",
+                    json!({"type": "Point", "coordinates": [1.0, 2.0, 3.0]}),
+                ),
                 "geometry(PointZ, 4326)",
             ),
             (
@@ -318,10 +327,19 @@ mod tests {
         let o = vec![
             ("number".to_string(), "numeric".to_string()),
             ("integer".to_string(), "bigint".to_string()),
-            ("geo:point".to_string(), "geography(Point, 4326)".to_string()),
+            (
+                "geo:point".to_string(),
+                "geography(Point, 4326)".to_string(),
+            ),
         ];
-        assert_eq!(column_type(&attr(Some("Number"), json!(7)), &o).unwrap(), "bigint");
-        assert_eq!(column_type(&attr(Some("Number"), json!(7.5)), &o).unwrap(), "numeric");
+        assert_eq!(
+            column_type(&attr(Some("Number"), json!(7)), &o).unwrap(),
+            "bigint"
+        );
+        assert_eq!(
+            column_type(&attr(Some("Number"), json!(7.5)), &o).unwrap(),
+            "numeric"
+        );
         assert_eq!(
             column_type(&geo("geo:point", json!("1, 2")), &o).unwrap(),
             "geography(Point, 4326)"
@@ -334,7 +352,10 @@ mod tests {
             schema: "acme".into(),
             table: "north_\"x".into(),
         };
-        assert_eq!(create_schema("acme"), r#"CREATE SCHEMA IF NOT EXISTS "acme""#);
+        assert_eq!(
+            create_schema("acme"),
+            r#"CREATE SCHEMA IF NOT EXISTS "acme""#
+        );
         let cols = vec![
             ("entityid".to_string(), "text".to_string()),
             ("timeinstant".to_string(), "timestamptz".to_string()),

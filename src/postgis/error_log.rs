@@ -121,10 +121,8 @@ impl ErrorLogs {
         tx: &mut Transaction<'_>,
         rows: &'a [ErrorLogRow],
     ) -> Result<Vec<TableRows<'a>>, TransientError> {
-        let wanted: Vec<Option<TableRef>> = rows
-            .iter()
-            .map(|r| self.tenant_table(&r.service))
-            .collect();
+        let wanted: Vec<Option<TableRef>> =
+            rows.iter().map(|r| self.tenant_table(&r.service)).collect();
         let unknown: Vec<String> = wanted
             .iter()
             .flatten()

@@ -132,7 +132,11 @@ pub async fn run(
             match prune_once(c, &policy, &cancel).await {
                 Ok(p) => {
                     if p != Pruned::default() {
-                        tracing::info!(by_age = p.by_age, by_cap = p.by_cap, "error-log rows pruned");
+                        tracing::info!(
+                            by_age = p.by_age,
+                            by_cap = p.by_cap,
+                            "error-log rows pruned"
+                        );
                     }
                     report(p);
                 }

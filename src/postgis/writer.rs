@@ -17,10 +17,10 @@ use crate::flow::{FlowSpec, WriteMode};
 use crate::ngsi::value::CellValue;
 
 use super::bind::{bind_text, BindError};
-use super::evolve::Prepared;
 use super::error::{
     classify, describe, is_lock_timeout, is_lost_prepared_statement, is_stale_metadata, ErrorClass,
 };
+use super::evolve::Prepared;
 use super::meta::{MetaCache, TableMeta};
 use super::plan::Group;
 use super::readable::{typed_query, untyped_query};

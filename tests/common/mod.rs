@@ -526,6 +526,28 @@ impl Worker {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::spawn(broker, pg_url, group, &repo().join("flows"), extra, env)
+    }
+
+    /// As [`Worker::start`], with the flow files (and `tenants.toml`) of `flows_dir`.
+    pub fn start_in(
+        broker: &str,
+        pg_url: &str,
+        group: &str,
+        flows_dir: &std::path::Path,
+        extra: &[&str],
+    ) -> Self {
+        Self::spawn(broker, pg_url, group, flows_dir, extra, &[])
+    }
+
+    fn spawn(
+        broker: &str,
+        pg_url: &str,
+        group: &str,
+        flows_dir: &std::path::Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let port = free_port();
         let admin = format!("127.0.0.1:{port}");
         let log = std::env::temp_dir().join(format!("ngsiflow-{group}-{port}.log"));
@@ -544,7 +566,7 @@ impl Worker {
             ])
             .args([
                 "--flows-dir",
-                repo().join("flows").to_str().unwrap(),
+                flows_dir.to_str().unwrap(),
                 "--linger-ms",
                 "50",
                 "--kafka-stats-ms",
