@@ -303,7 +303,7 @@ fn time_index(
                             .map(|(_, v)| v)?;
                         // Metadata items are `{"type": T, "value": V}`; a bare value is taken as is.
                         let v = item.get("value").unwrap_or(item);
-                        (!v.is_null()).then(|| (a.name.as_str(), v))
+                        (!v.is_null()).then_some((a.name.as_str(), v))
                     });
                 match found {
                     Some((attr, v)) => (format!("metadata {name} of attribute {attr:?}"), v),

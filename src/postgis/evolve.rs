@@ -63,6 +63,13 @@ impl Writer<'_> {
         group: &Group,
         meta: Option<Arc<TableMeta>>,
     ) -> Result<Prepared, TransientError> {
+        // The common case, checked without typing any value: every column exists.
+        if meta
+            .as_ref()
+            .is_some_and(|m| group.columns.iter().all(|c| m.contains_key(c.as_str())))
+        {
+            return Ok(Prepared::Ready(meta));
+        }
         let spec = self.spec;
         let allowed = Allowed {
             create: spec.auto_create,

@@ -346,6 +346,22 @@ mod tests {
     ];
 
     #[test]
+    fn golden_pruning_statements() {
+        let t = TableRef {
+            schema: "acme".into(),
+            table: "acme_error_log".into(),
+        };
+        assert_eq!(
+            prune_error_log_by_age(&t),
+            "DELETE FROM \"acme\".\"acme_error_log\" WHERE ctid = ANY(ARRAY(SELECT ctid FROM \"acme\".\"acme_error_log\" WHERE \"timestamp\" < now() - make_interval(days => $1::int) LIMIT 1000))"
+        );
+        assert_eq!(
+            prune_error_log_by_cap(&t),
+            "DELETE FROM \"acme\".\"acme_error_log\" WHERE ctid = ANY(ARRAY(SELECT ctid FROM \"acme\".\"acme_error_log\" ORDER BY \"timestamp\" DESC OFFSET $1::bigint LIMIT 1000))"
+        );
+    }
+
+    #[test]
     fn golden_statements() {
         assert_eq!(
             write_statement(&t(), &COLS, WriteMode::Insert, &[], false),
