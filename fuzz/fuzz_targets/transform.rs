@@ -35,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
             let opts = TransformOptions {
                 default_datamodel: dm,
                 srid,
+                ..TransformOptions::default()
             };
             let out = transform(spec, notification.clone(), recv_time, &opts);
             assert_eq!(out.len(), entities, "one result per entity");

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use ngsiflow::flow::{load_flows, FlowKind, FlowSpec};
+use ngsiflow::flow::{load_flows, FlowKind, FlowSpec, TimeSource};
 use ngsiflow::route::{Datamodel, TableRef, MAX_IDENTIFIER_BYTES};
 
 /// Every datamodel, in the order the targets try them.
@@ -29,6 +29,21 @@ pub fn ngsi_flows() -> &'static [FlowSpec] {
             .into_iter()
             .filter(|f| f.kind == FlowKind::Ngsi)
             .collect();
+        // Every shipped flow once more with metadata columns and the whole time-index chain on:
+        // both read attribute metadata, which the shipped flows ignore.
+        let configured: Vec<FlowSpec> = flows
+            .iter()
+            .map(|f| {
+                let mut f = f.clone();
+                f.store_metadata = true;
+                f.time_index = ["TimeInstant", "*.metadata.TimeInstant", "dateObserved", "recvTime"]
+                    .iter()
+                    .map(|e| TimeSource::parse(e).expect("valid entry"))
+                    .collect();
+                f
+            })
+            .collect();
+        let flows: Vec<FlowSpec> = flows.into_iter().chain(configured).collect();
         assert!(
             flows.len() >= 3,
             "harness: expected the shipped historic, lastdata and mutable flows, got {:?}",
