@@ -488,9 +488,8 @@ mod tests {
         headers: &[(&str, &str)],
         body: serde_json::Value,
     ) -> Vec<Result<RowOp, RecordError>> {
-        let h: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
-        let n = decode(Some(body.to_string().as_bytes()), &h).unwrap();
-        transform(&shipped_flow(flow), n, now(), &TransformOptions::default())
+        let opts = TransformOptions::default();
+        run_with(&shipped_flow(flow), &opts, headers, body)
     }
 
     fn sample() -> serde_json::Value {
