@@ -28,16 +28,23 @@ pub(crate) enum Prepared {
     Failed(String),
 }
 
-/// The group's columns with the type of the first non-null value each takes, in the group's
-/// column order; columns that are NULL in every record are left out (nothing to store yet).
+/// The group's columns with the type of the first non-null value each takes, in notification
+/// order (the group's records share one column set); columns that are NULL in every record are
+/// left out (nothing to store yet).
 pub(crate) fn wanted_columns(
     items: &[WriteItem],
     group: &Group,
     overrides: &[(String, String)],
 ) -> Vec<(String, String)> {
-    group
+    let Some(&first) = group.items.first() else {
+        return Vec::new();
+    };
+    items[first]
+        .op
         .columns
         .iter()
+        .map(|(c, _)| c)
+        .filter(|c| group.columns.contains(c))
         .filter_map(|c| {
             let ty = group.items.iter().find_map(|&i| {
                 items[i]
