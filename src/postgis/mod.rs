@@ -2,10 +2,12 @@
 //! module that uses tokio-postgres).
 //!
 //! The window is planned into groups (`plan`) and the `writer` writes each with one
-//! statement over unnested `text[]` parameters (`sql`) inside a savepoint, values bound by
-//! the target column's type ([`bind`], `meta`). A group that fails for a permanent reason is
-//! replayed row by row so that good rows commit and each bad row gets an error-log row
-//! (`error_log`, with a `readable` statement). Transient failures ([`error`]) abort the
+//! statement over unnested `text[]` parameters (`sql`), values bound by the target column's
+//! type ([`bind`], `meta`). A window is first written optimistically, statements straight in the
+//! transaction; if one fails, the window is rolled back and written again carefully, each
+//! statement in a savepoint, and a group that fails for a permanent reason is replayed row by
+//! row so that good rows commit and each bad row gets an error-log row (`error_log`, with a
+//! `readable` statement). Transient failures ([`error`]) abort the
 //! whole window, which the caller retries: nothing is committed, nothing is logged as bad data.
 //! Connections and TLS: `connection`, [`tls`].
 
@@ -306,7 +308,24 @@ impl Sink {
         result
     }
 
+    /// Writes the window in one transaction: optimistically first, and when a statement
+    /// fails, once more carefully (see [`Writer`]).
     async fn transaction(&mut self, w: WindowWrite<'_>) -> Result<WindowOutcome, TransientError> {
+        match self.attempt(w, false).await {
+            Err(Attempt::Aborted) => self.attempt(w, true).await,
+            other => other,
+        }
+        .map_err(|a| match a {
+            Attempt::Transient(e) => e,
+            Attempt::Aborted => TransientError("a careful attempt cannot abort".into()),
+        })
+    }
+
+    async fn attempt(
+        &mut self,
+        w: WindowWrite<'_>,
+        careful: bool,
+    ) -> Result<WindowOutcome, Attempt> {
         let WindowWrite {
             spec,
             items,
@@ -332,6 +351,8 @@ impl Sink {
             statements,
             spec,
             out: &mut out,
+            careful,
+            aborted: false,
         };
         let mut deferred_tables: HashSet<TableRef> = locked.clone();
         let mut lock_waits = 0;
@@ -343,7 +364,11 @@ impl Sink {
                 w.out.deferred.extend(&group.items);
                 continue;
             }
-            let failures = match w.write_group(&mut tx, items, &group).await? {
+            let written = match w.write_group(&mut tx, items, &group).await {
+                Err(_) if w.aborted => return Err(Attempt::Aborted), // rolled back on drop
+                written => written?,
+            };
+            let failures = match written {
                 GroupOutcome::Settled(failures) => failures,
                 GroupOutcome::Locked => {
                     lock_waits += 1;
@@ -370,6 +395,20 @@ impl Sink {
         tx.commit().await.map_err(transient)?;
         error_logs.confirm(created);
         Ok(out)
+    }
+}
+
+/// How one attempt at a window ended, when it did not commit.
+enum Attempt {
+    /// The window must be retried later.
+    Transient(TransientError),
+    /// An optimistic attempt met a failing statement: write the window again carefully.
+    Aborted,
+}
+
+impl From<TransientError> for Attempt {
+    fn from(e: TransientError) -> Self {
+        Self::Transient(e)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Writes the groups of a window inside its transaction (does I/O): one statement per group over
-//! unnested `text[]` parameters, each in a savepoint. A group PostgreSQL rejects for a permanent
+//! unnested `text[]` parameters, straight in the transaction on the first attempt and each in a
+//! savepoint on the careful one (see [`Writer`]). A group PostgreSQL rejects for a permanent
 //! reason is replayed row by row so that good rows commit and each bad row is reported; a
 //! transient error aborts the window (the caller retries it whole).
 //!
@@ -31,11 +32,21 @@ use super::{transient, ItemFailure, TransientError, WindowOutcome, WriteItem};
 const MAX_CACHED_STATEMENTS: usize = 512;
 
 /// Writes groups of one window; counts what happened in `out`.
+///
+/// A window is first written optimistically, each statement straight in the transaction
+/// (`careful` false): that saves a savepoint and its release, two round trips, per statement.
+/// The first statement that fails for any reason but a transient one sets `aborted` and ends
+/// the attempt; the caller rolls the transaction back and writes the window again carefully,
+/// each statement in a savepoint, so that good rows commit and bad ones are reported.
 pub(crate) struct Writer<'a> {
     pub(crate) meta: &'a mut MetaCache,
     pub(crate) statements: &'a mut HashMap<String, Statement>,
     pub(crate) spec: &'a FlowSpec,
     pub(crate) out: &'a mut WindowOutcome,
+    /// Each statement in a savepoint.
+    pub(crate) careful: bool,
+    /// Set when an optimistic attempt met a statement that failed (see above).
+    pub(crate) aborted: bool,
 }
 
 /// Outcome of one statement inside a savepoint.
@@ -237,6 +248,9 @@ impl Writer<'_> {
         sql: &str,
         arrays: &[Vec<Option<String>>],
     ) -> Result<Exec, TransientError> {
+        if !self.careful {
+            return self.exec_optimistic(tx, sql, arrays).await;
+        }
         let mut sp = tx.transaction().await.map_err(transient)?;
         let result = match self.prepare(&mut sp, sql, arrays.len()).await {
             Ok(stmt) => {
@@ -263,6 +277,41 @@ impl Writer<'_> {
                     self.statements.clear();
                 }
                 Ok(Exec::Failed(e))
+            }
+        }
+    }
+
+    /// Runs a statement straight in the transaction. Any failure but a transient one aborts
+    /// the optimistic attempt (the transaction cannot go on after it).
+    async fn exec_optimistic(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        sql: &str,
+        arrays: &[Vec<Option<String>>],
+    ) -> Result<Exec, TransientError> {
+        let result = match self.prepare(tx, sql, arrays.len()).await {
+            Ok(stmt) => {
+                let params: Vec<&(dyn ToSql + Sync)> =
+                    arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+                tx.query(&stmt, &params).await.map(|rows| rows.len() as u64)
+            }
+            Err(e) => Err(e),
+        };
+        self.out.statements += 1;
+        match result {
+            Ok(n) => Ok(Exec::Rows(n)),
+            Err(e) if classify(&e) == ErrorClass::Transient && !is_lock_timeout(&e) => {
+                Err(transient(e))
+            }
+            Err(e) => {
+                if is_lost_prepared_statement(&e) {
+                    self.statements.clear();
+                }
+                self.aborted = true;
+                Err(TransientError(format!(
+                    "optimistic attempt stopped: {}",
+                    describe(&e)
+                )))
             }
         }
     }
