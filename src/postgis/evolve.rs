@@ -104,6 +104,7 @@ impl Writer<'_> {
         sp.commit().await.map_err(transient)?;
         self.out.ddl.extend(statements);
         let meta = self.meta.get(tx, &group.target, true).await?;
+        self.meta.changed_in_transaction(&group.target);
         Ok(Prepared::Ready(meta))
     }
 }

@@ -36,9 +36,26 @@ pub type TableMeta = HashMap<String, ColumnInfo>;
 #[derive(Debug, Default)]
 pub(crate) struct MetaCache {
     tables: HashMap<TableRef, (Instant, Arc<TableMeta>)>,
+    /// Tables whose cached columns come from DDL not committed yet: forgotten if the window's
+    /// transaction rolls back, so that the cache never describes columns that do not exist.
+    uncommitted: Vec<TableRef>,
 }
 
 impl MetaCache {
+    /// `table`'s cached columns include DDL of the transaction in progress.
+    pub(crate) fn changed_in_transaction(&mut self, table: &TableRef) {
+        self.uncommitted.push(table.clone());
+    }
+
+    /// The transaction ended: committed (`true`) keeps what it created, a rollback forgets it.
+    pub(crate) fn transaction_ended(&mut self, committed: bool) {
+        for t in self.uncommitted.drain(..) {
+            if !committed {
+                self.tables.remove(&t);
+            }
+        }
+    }
+
     /// The columns of `table`, from the cache unless `refresh` or expired; `None` when the
     /// table does not exist.
     ///

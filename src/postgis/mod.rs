@@ -18,6 +18,7 @@ pub mod error;
 pub(crate) mod error_log;
 pub(crate) mod evolve;
 pub(crate) mod meta;
+pub(crate) mod pipelined;
 pub(crate) mod plan;
 pub(crate) mod readable;
 pub mod retention;
@@ -39,6 +40,7 @@ pub use connection::{check, reachable};
 use error::describe;
 use error_log::ErrorLogs;
 use meta::MetaCache;
+use pipelined::Fast;
 pub use readable::{truncate, untyped_insert, untyped_query, MAX_QUERY_CHARS};
 pub use tls::PgEndpoint;
 use writer::{GroupOutcome, Writer};
@@ -278,6 +280,8 @@ impl Sink {
     fn drop_connection(&mut self) {
         self.client = None;
         self.statements.clear();
+        // A transaction cut short by the window timeout rolled back on the server.
+        self.meta.transaction_ended(false);
     }
 
     /// Writes a flush window in one transaction: every item, then the error log rows for
@@ -308,24 +312,22 @@ impl Sink {
         result
     }
 
-    /// Writes the window in one transaction: optimistically first, and when a statement
-    /// fails, once more carefully (see [`Writer`]).
+    /// Writes the window in one transaction: optimistically first, all statements pipelined
+    /// ([`pipelined`]), and when that gives up, once more carefully (see [`Writer`]).
     async fn transaction(&mut self, w: WindowWrite<'_>) -> Result<WindowOutcome, TransientError> {
-        match self.attempt(w, false).await {
-            Err(Attempt::Aborted) => self.attempt(w, true).await,
-            other => other,
+        let mut result = self.attempt(w, false).await;
+        self.meta.transaction_ended(result.is_ok());
+        if let Err(Fast::Careful) = result {
+            result = self.attempt(w, true).await;
+            self.meta.transaction_ended(result.is_ok());
         }
-        .map_err(|a| match a {
-            Attempt::Transient(e) => e,
-            Attempt::Aborted => TransientError("a careful attempt cannot abort".into()),
+        result.map_err(|a| match a {
+            Fast::Transient(e) => e,
+            Fast::Careful => TransientError("a careful attempt cannot give up".into()),
         })
     }
 
-    async fn attempt(
-        &mut self,
-        w: WindowWrite<'_>,
-        careful: bool,
-    ) -> Result<WindowOutcome, Attempt> {
+    async fn attempt(&mut self, w: WindowWrite<'_>, careful: bool) -> Result<WindowOutcome, Fast> {
         let WindowWrite {
             spec,
             items,
@@ -351,9 +353,8 @@ impl Sink {
             statements,
             spec,
             out: &mut out,
-            careful,
-            aborted: false,
         };
+        let mut ready = Vec::new();
         let mut deferred_tables: HashSet<TableRef> = locked.clone();
         let mut lock_waits = 0;
         for group in plan::plan(spec, items) {
@@ -364,11 +365,11 @@ impl Sink {
                 w.out.deferred.extend(&group.items);
                 continue;
             }
-            let written = match w.write_group(&mut tx, items, &group).await {
-                Err(_) if w.aborted => return Err(Attempt::Aborted), // rolled back on drop
-                written => written?,
-            };
-            let failures = match written {
+            if !careful {
+                ready.push(w.ready(&mut tx, items, &group).await?);
+                continue;
+            }
+            let failures = match w.write_group(&mut tx, items, &group).await? {
                 GroupOutcome::Settled(failures) => failures,
                 GroupOutcome::Locked => {
                     lock_waits += 1;
@@ -390,25 +391,14 @@ impl Sink {
                 w.out.failures.push(f);
             }
         }
+        if !careful {
+            w.run_ready(&tx, &ready).await?;
+        }
         out.deferred.sort_unstable();
         let created = error_logs.write(&mut tx, &log_rows, &mut out).await?;
         tx.commit().await.map_err(transient)?;
         error_logs.confirm(created);
         Ok(out)
-    }
-}
-
-/// How one attempt at a window ended, when it did not commit.
-enum Attempt {
-    /// The window must be retried later.
-    Transient(TransientError),
-    /// An optimistic attempt met a failing statement: write the window again carefully.
-    Aborted,
-}
-
-impl From<TransientError> for Attempt {
-    fn from(e: TransientError) -> Self {
-        Self::Transient(e)
     }
 }
 

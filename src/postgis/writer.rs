@@ -29,24 +29,18 @@ use super::sql::{self, Col};
 use super::{transient, ItemFailure, TransientError, WindowOutcome, WriteItem};
 
 /// Prepared statements kept per connection before the cache is reset.
-const MAX_CACHED_STATEMENTS: usize = 512;
+pub(crate) const MAX_CACHED_STATEMENTS: usize = 512;
 
 /// Writes groups of one window; counts what happened in `out`.
 ///
-/// A window is first written optimistically, each statement straight in the transaction
-/// (`careful` false): that saves a savepoint and its release, two round trips, per statement.
-/// The first statement that fails for any reason but a transient one sets `aborted` and ends
-/// the attempt; the caller rolls the transaction back and writes the window again carefully,
-/// each statement in a savepoint, so that good rows commit and bad ones are reported.
+/// A window is first written optimistically, its statements pipelined straight in the
+/// transaction (`pipelined`); when that gives up, the window is written again here, each
+/// statement in a savepoint, so that good rows commit and bad ones are reported.
 pub(crate) struct Writer<'a> {
     pub(crate) meta: &'a mut MetaCache,
     pub(crate) statements: &'a mut HashMap<String, Statement>,
     pub(crate) spec: &'a FlowSpec,
     pub(crate) out: &'a mut WindowOutcome,
-    /// Each statement in a savepoint.
-    pub(crate) careful: bool,
-    /// Set when an optimistic attempt met a statement that failed (see above).
-    pub(crate) aborted: bool,
 }
 
 /// Outcome of one statement inside a savepoint.
@@ -248,9 +242,6 @@ impl Writer<'_> {
         sql: &str,
         arrays: &[Vec<Option<String>>],
     ) -> Result<Exec, TransientError> {
-        if !self.careful {
-            return self.exec_optimistic(tx, sql, arrays).await;
-        }
         let mut sp = tx.transaction().await.map_err(transient)?;
         let result = match self.prepare(&mut sp, sql, arrays.len()).await {
             Ok(stmt) => {
@@ -277,41 +268,6 @@ impl Writer<'_> {
                     self.statements.clear();
                 }
                 Ok(Exec::Failed(e))
-            }
-        }
-    }
-
-    /// Runs a statement straight in the transaction. Any failure but a transient one aborts
-    /// the optimistic attempt (the transaction cannot go on after it).
-    async fn exec_optimistic(
-        &mut self,
-        tx: &mut Transaction<'_>,
-        sql: &str,
-        arrays: &[Vec<Option<String>>],
-    ) -> Result<Exec, TransientError> {
-        let result = match self.prepare(tx, sql, arrays.len()).await {
-            Ok(stmt) => {
-                let params: Vec<&(dyn ToSql + Sync)> =
-                    arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-                tx.query(&stmt, &params).await.map(|rows| rows.len() as u64)
-            }
-            Err(e) => Err(e),
-        };
-        self.out.statements += 1;
-        match result {
-            Ok(n) => Ok(Exec::Rows(n)),
-            Err(e) if classify(&e) == ErrorClass::Transient && !is_lock_timeout(&e) => {
-                Err(transient(e))
-            }
-            Err(e) => {
-                if is_lost_prepared_statement(&e) {
-                    self.statements.clear();
-                }
-                self.aborted = true;
-                Err(TransientError(format!(
-                    "optimistic attempt stopped: {}",
-                    describe(&e)
-                )))
             }
         }
     }
@@ -501,7 +457,11 @@ impl Writer<'_> {
 }
 
 /// `group` without the columns the table lacks and every item leaves NULL, if there are any.
-fn without_null_only(items: &[WriteItem], group: &Group, meta: &TableMeta) -> Option<Group> {
+pub(crate) fn without_null_only(
+    items: &[WriteItem],
+    group: &Group,
+    meta: &TableMeta,
+) -> Option<Group> {
     let null_only = |c: &String| {
         !meta.contains_key(c.as_str())
             && group.items.iter().all(|&i| {
@@ -535,7 +495,7 @@ fn fail_all(items: &[WriteItem], group: &Group, message: &str) -> Vec<ItemFailur
 }
 
 /// The group's columns with their types from `meta` (every column is known by now).
-fn columns<'a>(group: &'a Group, meta: &'a TableMeta) -> Vec<Col<'a>> {
+pub(crate) fn columns<'a>(group: &'a Group, meta: &'a TableMeta) -> Vec<Col<'a>> {
     group
         .columns
         .iter()
@@ -608,7 +568,7 @@ impl Rows {
     }
 }
 
-fn bind_row(
+pub(crate) fn bind_row(
     op: &RowOp,
     columns: &[String],
     meta: &TableMeta,

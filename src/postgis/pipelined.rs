@@ -1,0 +1,195 @@
+//! The optimistic first attempt at a window (does I/O): every group bound first, then all its
+//! statements sent at once, pipelined on the connection, straight in the transaction.
+//!
+//! PostgreSQL runs pipelined statements in the order sent, so a window's rounds keep their
+//! sequential semantics; the worker waits for one round trip per window instead of three per
+//! statement (savepoint, statement, release). Only the common path is taken here: anything else
+//! — a table or column missing or to create, a value that does not bind, a failing statement, an
+//! insert that conflicts (a replay) — gives up with [`Fast::Careful`], and the caller rolls the
+//! transaction back and writes the window again with [`super::writer::Writer::write_group`],
+//! statement by statement, each in a savepoint, where every such case has its handling.
+
+use futures::future::join_all;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Statement, Transaction};
+
+use crate::flow::transform::OpKind;
+use crate::flow::WriteMode;
+
+use super::error::{classify, is_lock_timeout, is_lost_prepared_statement, ErrorClass};
+use super::evolve::Prepared;
+use super::plan::Group;
+use super::writer::{bind_row, columns, without_null_only, Writer, MAX_CACHED_STATEMENTS};
+use super::{sql, transient, TransientError, WriteItem};
+
+/// How the optimistic attempt ended, when it did not write everything.
+pub(crate) enum Fast {
+    /// Write the window again carefully (nothing of this attempt may be committed).
+    Careful,
+    /// The window must be retried later.
+    Transient(TransientError),
+}
+
+impl From<TransientError> for Fast {
+    fn from(e: TransientError) -> Self {
+        Self::Transient(e)
+    }
+}
+
+/// A group bound and prepared, waiting to be sent.
+pub(crate) struct ReadyGroup {
+    statement: Statement,
+    arrays: Vec<Vec<Option<String>>>,
+    rows: u64,
+    kind: OpKind,
+}
+
+impl Writer<'_> {
+    /// Binds and prepares a group for the pipeline.
+    ///
+    /// # Errors
+    /// [`Fast::Careful`] when the group is off the common path, [`Fast::Transient`] when the
+    /// database failed.
+    pub(crate) async fn ready(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        items: &[WriteItem],
+        group: &Group,
+    ) -> Result<ReadyGroup, Fast> {
+        let mut meta = self.meta.get(tx, &group.target, false).await?;
+        let configures = self.spec.auto_create || self.spec.auto_evolve;
+        if configures {
+            meta = match self.prepare_table(tx, items, group, meta).await? {
+                Prepared::Ready(meta) => meta,
+                Prepared::Locked | Prepared::Failed(_) => return Err(Fast::Careful),
+            };
+        }
+        let meta = meta.ok_or(Fast::Careful)?;
+        let pruned;
+        let group = match configures.then(|| without_null_only(items, group, &meta)) {
+            Some(Some(g)) => {
+                pruned = g;
+                &pruned
+            }
+            _ => group,
+        };
+        if group.columns.iter().any(|c| !meta.contains_key(c.as_str())) {
+            return Err(Fast::Careful);
+        }
+        let mut arrays: Vec<Vec<Option<String>>> = (0..group.columns.len())
+            .map(|_| Vec::with_capacity(group.items.len()))
+            .collect();
+        for &i in &group.items {
+            let row = bind_row(&items[i].op, &group.columns, &meta).map_err(|_| Fast::Careful)?;
+            for (a, v) in arrays.iter_mut().zip(row) {
+                a.push(v);
+            }
+        }
+        let sql = if group.kind == OpKind::Delete {
+            let id = group
+                .columns
+                .iter()
+                .position(|c| c == "entityid")
+                .ok_or(Fast::Careful)?;
+            arrays = vec![arrays.swap_remove(id)];
+            sql::delete_statement(&group.target)
+        } else {
+            let cols = columns(group, &meta);
+            sql::write_statement(
+                &group.target,
+                &cols,
+                self.spec.write_mode,
+                &self.spec.key_columns,
+                false,
+            )
+        };
+        let statement = self.prepare_cached(tx, &sql, arrays.len()).await?;
+        Ok(ReadyGroup {
+            statement,
+            arrays,
+            rows: group.items.len() as u64,
+            kind: group.kind,
+        })
+    }
+
+    async fn prepare_cached(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        sql: &str,
+        params: usize,
+    ) -> Result<Statement, Fast> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let types = vec![Type::TEXT_ARRAY; params];
+        match tx.prepare_typed(sql, &types).await {
+            Ok(stmt) => {
+                if self.statements.len() >= MAX_CACHED_STATEMENTS {
+                    self.statements.clear();
+                }
+                self.statements.insert(sql.to_string(), stmt.clone());
+                Ok(stmt)
+            }
+            Err(e) => Err(self.gave_up(e)),
+        }
+    }
+
+    /// Sends every ready group's statement at once and counts what they did.
+    ///
+    /// # Errors
+    /// [`Fast::Careful`] when a statement failed or an insert met a conflict;
+    /// [`Fast::Transient`] when the database failed.
+    pub(crate) async fn run_ready(
+        &mut self,
+        tx: &Transaction<'_>,
+        ready: &[ReadyGroup],
+    ) -> Result<(), Fast> {
+        let params: Vec<Vec<&(dyn ToSql + Sync)>> = ready
+            .iter()
+            .map(|g| g.arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect())
+            .collect();
+        let sent = ready
+            .iter()
+            .zip(&params)
+            .map(|(g, p)| tx.query(&g.statement, p));
+        let results = join_all(sent).await;
+        self.out.statements += ready.len() as u64;
+        for (g, result) in ready.iter().zip(results) {
+            match result {
+                Ok(returned) if self.count(g, returned.len() as u64) => {}
+                Ok(_) => return Err(Fast::Careful),
+                // After the first failure every later statement fails as "transaction
+                // aborted"; the first one says what happened.
+                Err(e) => return Err(self.gave_up(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a statement's rows; false when an insert met a conflict (a replay, or a
+    /// duplicate key to report), which only the careful attempt can tell apart.
+    fn count(&mut self, g: &ReadyGroup, returned: u64) -> bool {
+        match (g.kind, self.spec.write_mode) {
+            (OpKind::Delete, _) => self.out.deleted += g.rows,
+            (_, WriteMode::Insert) if returned < g.rows => return false,
+            (_, WriteMode::UpsertIfNewer) => {
+                self.out.written += returned;
+                self.out.stale_ignored += g.rows - returned.min(g.rows);
+            }
+            _ => self.out.written += returned,
+        }
+        true
+    }
+
+    /// What a failed statement means for the attempt.
+    fn gave_up(&mut self, e: tokio_postgres::Error) -> Fast {
+        if is_lost_prepared_statement(&e) {
+            self.statements.clear();
+        }
+        if classify(&e) == ErrorClass::Transient && !is_lock_timeout(&e) {
+            Fast::Transient(transient(e))
+        } else {
+            Fast::Careful
+        }
+    }
+}
