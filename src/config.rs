@@ -46,8 +46,9 @@ pub struct RunArgs {
     /// Admin HTTP server address (`/metrics`, `/health`, `/ready`, `/logLevel`, `/config`).
     #[arg(long, env = "NGSIFLOW_ADMIN_ADDR", default_value = "0.0.0.0:8000")]
     pub admin_addr: SocketAddr,
-    /// Records per flush window (one transaction), 1–100000.
-    #[arg(long, env = "NGSIFLOW_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    /// Records per flush window (one transaction), 1–100000. Larger windows make larger
+    /// statements (PostgreSQL's cost per row falls) and take more memory (README, "Memory").
+    #[arg(long, env = "NGSIFLOW_BATCH_SIZE", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
     /// Longest wait, in milliseconds, before a non-full window is flushed (0–60000).
     #[arg(long, env = "NGSIFLOW_LINGER_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=60_000))]

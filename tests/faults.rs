@@ -249,9 +249,15 @@ async fn repeated_sigkills_lose_and_duplicate_nothing_and_log_each_bad_record_on
     let w = Worker::start(&broker.addr, &db.url, "crash", &[]);
     let good = (0..n).filter(|&i| !note(i).bad).count() as i64;
     let deadline = Instant::now() + Duration::from_secs(if n > 10_000 { 900 } else { 180 });
+    let mut w = w;
     loop {
+        if let Some(status) = w.exited() {
+            panic!("the worker ended by itself ({status:?}):\n{}", w.logs());
+        }
         let t = tally(&db, n).await;
-        let settled = t.written >= 2 * good && t.stale == 0;
+        // Every historic and mutable row present and every lastdata row current (`written`
+        // also counts lastdata rows, so it can reach 2 x good while rows are still missing).
+        let settled = t.lost == 0 && t.stale == 0;
         if (settled && t.error_rows >= 3 * (n as i64 - good)) || Instant::now() > deadline {
             break;
         }

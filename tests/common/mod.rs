@@ -648,6 +648,11 @@ impl Worker {
         }
     }
 
+    /// The exit status if the process has ended (crashed or stopped by itself).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
     /// SIGKILL (a crash).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
