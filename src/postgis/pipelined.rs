@@ -19,7 +19,7 @@ use crate::flow::WriteMode;
 use super::error::{classify, is_lock_timeout, is_lost_prepared_statement, ErrorClass};
 use super::evolve::Prepared;
 use super::plan::Group;
-use super::writer::{bind_row, columns, without_null_only, Writer, MAX_CACHED_STATEMENTS};
+use super::writer::{columns, without_null_only, RowBinder, Writer, MAX_CACHED_STATEMENTS};
 use super::{sql, transient, TransientError, WriteItem};
 
 /// How the optimistic attempt ended, when it did not write everything.
@@ -79,8 +79,9 @@ impl Writer<'_> {
         let mut arrays: Vec<Vec<Option<String>>> = (0..group.columns.len())
             .map(|_| Vec::with_capacity(group.items.len()))
             .collect();
+        let binder = RowBinder::new(&group.columns, &meta);
         for &i in &group.items {
-            let row = bind_row(&items[i].op, &group.columns, &meta).map_err(|_| Fast::Careful)?;
+            let row = binder.bind(&items[i].op).map_err(|_| Fast::Careful)?;
             for (a, v) in arrays.iter_mut().zip(row) {
                 a.push(v);
             }

@@ -22,7 +22,7 @@ use super::error::{
     classify, describe, is_lock_timeout, is_lost_prepared_statement, is_stale_metadata, ErrorClass,
 };
 use super::evolve::Prepared;
-use super::meta::{MetaCache, TableMeta};
+use super::meta::{ColumnInfo, MetaCache, TableMeta};
 use super::plan::Group;
 use super::readable::{typed_query, untyped_query};
 use super::sql::{self, Col};
@@ -161,8 +161,9 @@ impl Writer<'_> {
         let cols = columns(group, &meta);
         let mut failures = Vec::new();
         let mut rows = Rows::with_capacity(cols.len(), group.items.len());
+        let binder = RowBinder::new(&group.columns, &meta);
         for &i in &group.items {
-            match bind_row(&items[i].op, &group.columns, &meta) {
+            match binder.bind(&items[i].op) {
                 Ok(row) => rows.push(i, row),
                 // The value may fit the column's current type if the table was altered since
                 // its metadata was cached: read it again before blaming the row.
@@ -568,17 +569,78 @@ impl Rows {
     }
 }
 
-pub(crate) fn bind_row(
-    op: &RowOp,
-    columns: &[String],
-    meta: &TableMeta,
-) -> Result<Vec<Option<String>>, BindError> {
-    columns
-        .iter()
-        .map(|c| {
-            let info = &meta[c.as_str()];
-            let v = op.get(c).unwrap_or(&CellValue::Null);
-            bind_text(c, info.kind, &info.sql_type, v)
-        })
-        .collect()
+/// Binds the rows of one group: each column's metadata is looked up once per group, and each
+/// row's values are placed by one pass over the row (the group's columns are sorted), instead
+/// of a hashed lookup and a linear search by name per cell. (Paired 400k drains showed no
+/// difference above the machine's noise: 26.3/29.3 before, 27.9/26.8 µs worker CPU after.)
+pub(crate) struct RowBinder<'a> {
+    columns: &'a [String],
+    infos: Vec<&'a ColumnInfo>,
+}
+
+impl<'a> RowBinder<'a> {
+    /// A binder for `columns` (sorted, every one present in `meta`).
+    pub(crate) fn new(columns: &'a [String], meta: &'a TableMeta) -> Self {
+        Self {
+            columns,
+            infos: columns.iter().map(|c| &meta[c.as_str()]).collect(),
+        }
+    }
+
+    /// The row's bound values in column order; a column the row lacks is NULL.
+    pub(crate) fn bind(&self, op: &RowOp) -> Result<Vec<Option<String>>, BindError> {
+        const NULL: &CellValue = &CellValue::Null;
+        let mut values = vec![NULL; self.columns.len()];
+        for (name, v) in &op.columns {
+            if let Ok(k) = self.columns.binary_search(name) {
+                values[k] = v;
+            }
+        }
+        self.columns
+            .iter()
+            .zip(&self.infos)
+            .zip(values)
+            .map(|((c, info), v)| bind_text(c, info.kind, &info.sql_type, v))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postgis::bind::ColumnKind;
+    use crate::route::TableRef;
+
+    #[test]
+    fn a_row_binds_in_column_order_whatever_its_own_order() {
+        let info = |t: &str, kind| ColumnInfo {
+            kind,
+            sql_type: t.into(),
+            cast_type: t.into(),
+        };
+        let meta: TableMeta = [
+            ("a".to_string(), info("text", ColumnKind::Text)),
+            ("b".to_string(), info("integer", ColumnKind::Integer)),
+            ("c".to_string(), info("text", ColumnKind::Text)),
+        ]
+        .into();
+        let columns = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let op = RowOp {
+            target: TableRef {
+                schema: "s".into(),
+                table: "t".into(),
+            },
+            kind: OpKind::Write,
+            columns: vec![
+                ("c".into(), CellValue::Text("z".into())),
+                ("a".into(), CellValue::Text("x".into())),
+            ],
+            entity_index: 0,
+        };
+        let binder = RowBinder::new(&columns, &meta);
+        assert_eq!(
+            binder.bind(&op).unwrap(),
+            [Some("x".to_string()), None, Some("z".to_string())]
+        );
+    }
 }
