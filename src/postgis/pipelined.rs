@@ -10,7 +10,7 @@
 //! statement by statement, each in a savepoint, where every such case has its handling.
 
 use futures::future::join_all;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Statement, Transaction};
 
 use crate::flow::transform::OpKind;
@@ -19,7 +19,7 @@ use crate::flow::WriteMode;
 use super::error::{classify, is_lock_timeout, is_lost_prepared_statement, ErrorClass};
 use super::evolve::Prepared;
 use super::plan::Group;
-use super::writer::{columns, without_null_only, RowBinder, Writer, MAX_CACHED_STATEMENTS};
+use super::writer::{columns, RowBinder, Writer};
 use super::{sql, transient, TransientError, WriteItem};
 
 /// How the optimistic attempt ended, when it did not write everything.
@@ -56,23 +56,11 @@ impl Writer<'_> {
         items: &[WriteItem],
         group: &Group,
     ) -> Result<ReadyGroup, Fast> {
-        let mut meta = self.meta.get(tx, &group.target, false).await?;
-        let configures = self.spec.auto_create || self.spec.auto_evolve;
-        if configures {
-            meta = match self.prepare_table(tx, items, group, meta).await? {
-                Prepared::Ready(meta) => meta,
-                Prepared::Locked | Prepared::Failed(_) => return Err(Fast::Careful),
-            };
-        }
-        let meta = meta.ok_or(Fast::Careful)?;
-        let pruned;
-        let group = match configures.then(|| without_null_only(items, group, &meta)) {
-            Some(Some(g)) => {
-                pruned = g;
-                &pruned
-            }
-            _ => group,
+        let Prepared::Ready(Some(meta)) = self.table(tx, items, group, false).await? else {
+            return Err(Fast::Careful);
         };
+        let pruned = self.without_null_only(items, group, &meta);
+        let group = pruned.as_ref().unwrap_or(group);
         if group.columns.iter().any(|c| !meta.contains_key(c.as_str())) {
             return Err(Fast::Careful);
         }
@@ -104,35 +92,16 @@ impl Writer<'_> {
                 false,
             )
         };
-        let statement = self.prepare_cached(tx, &sql, arrays.len()).await?;
+        let statement = self
+            .prepare(tx, &sql, arrays.len())
+            .await
+            .map_err(|e| self.gave_up(e))?;
         Ok(ReadyGroup {
             statement,
             arrays,
             rows: group.items.len() as u64,
             kind: group.kind,
         })
-    }
-
-    async fn prepare_cached(
-        &mut self,
-        tx: &mut Transaction<'_>,
-        sql: &str,
-        params: usize,
-    ) -> Result<Statement, Fast> {
-        if let Some(s) = self.statements.get(sql) {
-            return Ok(s.clone());
-        }
-        let types = vec![Type::TEXT_ARRAY; params];
-        match tx.prepare_typed(sql, &types).await {
-            Ok(stmt) => {
-                if self.statements.len() >= MAX_CACHED_STATEMENTS {
-                    self.statements.clear();
-                }
-                self.statements.insert(sql.to_string(), stmt.clone());
-                Ok(stmt)
-            }
-            Err(e) => Err(self.gave_up(e)),
-        }
     }
 
     /// Sends every ready group's statement at once and counts what they did.

@@ -29,7 +29,7 @@ use super::sql::{self, Col};
 use super::{transient, ItemFailure, TransientError, WindowOutcome, WriteItem};
 
 /// Prepared statements kept per connection before the cache is reset.
-pub(crate) const MAX_CACHED_STATEMENTS: usize = 512;
+const MAX_CACHED_STATEMENTS: usize = 512;
 
 /// Writes groups of one window; counts what happened in `out`.
 ///
@@ -118,29 +118,17 @@ impl Writer<'_> {
         group: &Group,
         fresh: bool,
     ) -> Result<Pass, TransientError> {
-        let mut meta = self.meta.get(tx, &group.target, fresh).await?;
-        let configures = self.spec.auto_create || self.spec.auto_evolve;
-        if configures {
-            meta = match self.prepare_table(tx, items, group, meta).await? {
-                Prepared::Ready(meta) => meta,
-                Prepared::Locked => return Ok(Pass::Locked),
-                Prepared::Failed(e) => return Ok(Pass::Settled(fail_all(items, group, &e))),
-            };
-        }
-        let Some(meta) = meta else {
-            let e = format!("table {} does not exist", group.target.quoted());
-            return Ok(Pass::Settled(fail_all(items, group, &e)));
-        };
-        // A flow that creates columns creates one with its first non-null value; a NULL for a
-        // column that does not exist yet stores nothing, so the column is left out.
-        let pruned;
-        let group = match configures.then(|| without_null_only(items, group, &meta)) {
-            Some(Some(g)) => {
-                pruned = g;
-                &pruned
+        let meta = match self.table(tx, items, group, fresh).await? {
+            Prepared::Ready(Some(meta)) => meta,
+            Prepared::Ready(None) => {
+                let e = format!("table {} does not exist", group.target.quoted());
+                return Ok(Pass::Settled(fail_all(items, group, &e)));
             }
-            _ => group,
+            Prepared::Locked => return Ok(Pass::Locked),
+            Prepared::Failed(e) => return Ok(Pass::Settled(fail_all(items, group, &e))),
         };
+        let pruned = self.without_null_only(items, group, &meta);
+        let group = pruned.as_ref().unwrap_or(group);
         let missing: Vec<String> = group
             .columns
             .iter()
@@ -194,6 +182,43 @@ impl Writer<'_> {
         Ok(Pass::Settled(failures))
     }
 
+    /// The group's table metadata (read afresh when `fresh`), after creating the table or
+    /// columns the flow may create.
+    ///
+    /// # Errors
+    /// [`TransientError`]: the window must be retried.
+    pub(crate) async fn table(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        items: &[WriteItem],
+        group: &Group,
+        fresh: bool,
+    ) -> Result<Prepared, TransientError> {
+        let meta = self.meta.get(tx, &group.target, fresh).await?;
+        if self.configures() {
+            return self.prepare_table(tx, items, group, meta).await;
+        }
+        Ok(Prepared::Ready(meta))
+    }
+
+    fn configures(&self) -> bool {
+        self.spec.auto_create || self.spec.auto_evolve
+    }
+
+    /// A flow that creates columns creates one with its first non-null value; a NULL for a
+    /// column that does not exist yet stores nothing, so the column is left out: `group`
+    /// without such columns, when it has any.
+    pub(crate) fn without_null_only(
+        &self,
+        items: &[WriteItem],
+        group: &Group,
+        meta: &TableMeta,
+    ) -> Option<Group> {
+        self.configures()
+            .then(|| prune_null_only(items, group, meta))
+            .flatten()
+    }
+
     /// Replays a failed group row by row, each in its own savepoint: good rows commit, bad rows
     /// are reported one by one.
     async fn row_by_row(
@@ -217,7 +242,7 @@ impl Writer<'_> {
         Ok(failures)
     }
 
-    async fn prepare(
+    pub(crate) async fn prepare(
         &mut self,
         tx: &mut Transaction<'_>,
         sql: &str,
@@ -458,11 +483,7 @@ impl Writer<'_> {
 }
 
 /// `group` without the columns the table lacks and every item leaves NULL, if there are any.
-pub(crate) fn without_null_only(
-    items: &[WriteItem],
-    group: &Group,
-    meta: &TableMeta,
-) -> Option<Group> {
+fn prune_null_only(items: &[WriteItem], group: &Group, meta: &TableMeta) -> Option<Group> {
     let null_only = |c: &String| {
         !meta.contains_key(c.as_str())
             && group.items.iter().all(|&i| {
