@@ -60,6 +60,10 @@ pub struct TenantsError {
 impl Tenants {
     /// The settings of `service` (normalised `fiware-service`), if it is listed.
     pub fn get(&self, service: &str) -> Option<&TenantRouting> {
+        // Called for every notification: without a tenants file, not even a hash.
+        if self.services.is_empty() {
+            return None;
+        }
         self.services.get(service)
     }
 

@@ -19,7 +19,7 @@ use crate::flow::WriteMode;
 use super::error::{classify, is_lock_timeout, is_lost_prepared_statement, ErrorClass};
 use super::evolve::Prepared;
 use super::plan::Group;
-use super::writer::{columns, RowBinder, Writer};
+use super::writer::{columns, count_written, RowBinder, Writer};
 use super::{sql, transient, TransientError, WriteItem};
 
 /// How the optimistic attempt ended, when it did not write everything.
@@ -142,11 +142,7 @@ impl Writer<'_> {
         match (g.kind, self.spec.write_mode) {
             (OpKind::Delete, _) => self.out.deleted += g.rows,
             (_, WriteMode::Insert) if returned < g.rows => return false,
-            (_, WriteMode::UpsertIfNewer) => {
-                self.out.written += returned;
-                self.out.stale_ignored += g.rows - returned.min(g.rows);
-            }
-            _ => self.out.written += returned,
+            (_, mode) => count_written(self.out, mode, g.rows, returned),
         }
         true
     }

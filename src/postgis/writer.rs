@@ -324,11 +324,7 @@ impl Writer<'_> {
             WriteMode::Insert if n < total => {
                 return self.settle_conflict(tx, group, cols, rows).await
             }
-            WriteMode::UpsertIfNewer => {
-                self.out.written += n;
-                self.out.stale_ignored += total - n;
-            }
-            _ => self.out.written += n,
+            _ => count_written(self.out, mode, total, n),
         }
         Ok(RowsResult::Done)
     }
@@ -500,6 +496,16 @@ fn prune_null_only(items: &[WriteItem], group: &Group, meta: &TableMeta) -> Opti
     let mut g = group.clone();
     g.columns.retain(|c| !null_only(c));
     Some(g)
+}
+
+/// Counts a write statement that settled all its `total` rows on its own (anything but an
+/// insert that met a conflict): `returned` rows were written; under `upsert_if_newer` the
+/// others were older than the stored row.
+pub(crate) fn count_written(out: &mut WindowOutcome, mode: WriteMode, total: u64, returned: u64) {
+    out.written += returned;
+    if mode == WriteMode::UpsertIfNewer {
+        out.stale_ignored += total.saturating_sub(returned);
+    }
 }
 
 /// Every item of `group` fails with `message` (the table or a column is missing).
