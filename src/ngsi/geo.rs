@@ -4,13 +4,16 @@
 //! Kafnus read them: the simple location formats carry `"lat, lon"` strings and become lon/lat
 //! geometries; `geo:json` carries GeoJSON (RFC 7946, lon/lat) whose `Feature` is unwrapped to its
 //! geometry and whose `FeatureCollection` becomes its one geometry or a `GEOMETRYCOLLECTION`.
-//! Encoding goes through geozero (WKT or GeoJSON → EWKB), so PostGIS gets a geometry carrying
-//! its SRID whatever the column's type modifier. A malformed value is an error, never an empty
-//! point (Kafnus wrote NaN points).
+//! PostGIS gets EWKB carrying the SRID whatever the column's type modifier. A malformed value
+//! is an error, never an empty point (Kafnus wrote NaN points).
+//!
+//! EWKB is written straight from the parsed value ([`EwkbWriter`]): going through geozero
+//! (serialise the GeoJSON to text, parse it again, encode) cost 12 % of the worker's CPU in a
+//! benchmark drain (README, "Results and where the time goes"). The tests check every shape
+//! byte for byte against geozero's own encoding.
 
 use std::borrow::Cow;
 
-use geozero::{geojson::GeoJson, wkt::Wkt, CoordDimensions, ToWkb};
 use serde_json::Value as Json;
 
 /// Why a geo attribute value could not be converted.
@@ -49,14 +52,17 @@ pub fn to_ewkb(ngsi_type: &str, value: &Json, srid: i32) -> Result<Vec<u8>, GeoE
     match ty.as_str() {
         "geo:point" => {
             let (lat, lon) = lat_lon(value).map_err(err)?;
-            wkt_to_ewkb(&format!("POINT({lon} {lat})"), srid).map_err(err)
+            let mut w = EwkbWriter::new(false);
+            w.header(POINT, Some(srid));
+            w.xy(lon, lat);
+            Ok(w.out)
         }
         "geo:line" => {
             let pts = lat_lon_list(value).map_err(err)?;
             if pts.len() < 2 {
                 return Err(err("a line needs at least 2 points".into()));
             }
-            wkt_to_ewkb(&format!("LINESTRING({})", join(&pts)), srid).map_err(err)
+            Ok(lat_lon_geometry(LINESTRING, &pts, srid))
         }
         "geo:box" => {
             let pts = lat_lon_list(value).map_err(err)?;
@@ -68,7 +74,7 @@ pub fn to_ewkb(ngsi_type: &str, value: &Json, srid: i32) -> Result<Vec<u8>, GeoE
             let (s, n) = (lat_a.min(lat_b), lat_a.max(lat_b));
             let (w, e) = (lon_a.min(lon_b), lon_a.max(lon_b));
             let ring = [(s, w), (s, e), (n, e), (n, w), (s, w)];
-            wkt_to_ewkb(&format!("POLYGON(({}))", join(&ring)), srid).map_err(err)
+            Ok(lat_lon_geometry(POLYGON, &ring, srid))
         }
         "geo:polygon" => {
             let pts = lat_lon_list(value).map_err(err)?;
@@ -80,7 +86,7 @@ pub fn to_ewkb(ngsi_type: &str, value: &Json, srid: i32) -> Result<Vec<u8>, GeoE
                     "polygon ring is not closed (first point != last point)".into(),
                 ));
             }
-            wkt_to_ewkb(&format!("POLYGON(({}))", join(&pts)), srid).map_err(err)
+            Ok(lat_lon_geometry(POLYGON, &pts, srid))
         }
         "geo:json" => geojson_to_ewkb(value, srid).map_err(err),
         _ => Err(err("not a geo type".into())),
@@ -118,15 +124,156 @@ fn geojson_to_ewkb(value: &Json, srid: i32) -> Result<Vec<u8>, String> {
         }
         other => return Err(format!("unsupported GeoJSON type {other:?}")),
     };
-    let dims = if dims == 3 {
-        CoordDimensions::xyz()
+    let mut w = EwkbWriter::new(dims == 3);
+    if kind == "GeometryCollection" {
+        let parts = geometry["geometries"]
+            .as_array()
+            .map_or(&[][..], Vec::as_slice);
+        w.header(GEOMETRYCOLLECTION, Some(srid));
+        w.count(parts.len());
+        for g in parts {
+            let kind = g.get("type").and_then(Json::as_str).unwrap_or_default();
+            w.geojson(kind, &g["coordinates"], None)?;
+        }
     } else {
-        CoordDimensions::xy()
-    };
-    let text = geometry.to_string();
-    GeoJson(&text)
-        .to_ewkb(dims, Some(srid))
-        .map_err(|e| format!("GeoJSON geometry rejected: {e}"))
+        w.geojson(kind, &geometry["coordinates"], Some(srid))?;
+    }
+    Ok(w.out)
+}
+
+/// OGC simple-features geometry type codes (ISO 19125-1, the WKB `wkbGeometryType`).
+const POINT: u32 = 1;
+const LINESTRING: u32 = 2;
+const POLYGON: u32 = 3;
+const MULTIPOINT: u32 = 4;
+const MULTILINESTRING: u32 = 5;
+const MULTIPOLYGON: u32 = 6;
+const GEOMETRYCOLLECTION: u32 = 7;
+/// PostGIS EWKB flags on the type word (liblwgeom `WKBZOFFSET`, `WKBSRIDFLAG`).
+const EWKB_Z: u32 = 0x8000_0000;
+const EWKB_SRID: u32 = 0x2000_0000;
+
+/// A little-endian EWKB encoder: the SRID on the outer geometry only (as PostGIS writes it),
+/// the Z flag on every geometry of a 3D value.
+struct EwkbWriter {
+    out: Vec<u8>,
+    z: bool,
+}
+
+impl EwkbWriter {
+    fn new(z: bool) -> Self {
+        Self {
+            out: Vec::with_capacity(64),
+            z,
+        }
+    }
+
+    fn header(&mut self, code: u32, srid: Option<i32>) {
+        let mut word = code;
+        if self.z {
+            word |= EWKB_Z;
+        }
+        if srid.is_some() {
+            word |= EWKB_SRID;
+        }
+        self.out.push(1);
+        self.out.extend_from_slice(&word.to_le_bytes());
+        if let Some(srid) = srid {
+            self.out.extend_from_slice(&srid.to_le_bytes());
+        }
+    }
+
+    fn count(&mut self, n: usize) {
+        // Counts come from values far below 4 GiB elements (the message size limit).
+        self.out
+            .extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
+    }
+
+    fn xy(&mut self, x: f64, y: f64) {
+        self.out.extend_from_slice(&x.to_le_bytes());
+        self.out.extend_from_slice(&y.to_le_bytes());
+    }
+
+    /// A position already checked by [`check_coordinates`]; a 2D position in a 3D value gets
+    /// z = 0, as geozero writes it.
+    fn position(&mut self, p: &Json) -> Result<(), String> {
+        let n = |i: usize| p.get(i).and_then(Json::as_f64);
+        let (Some(x), Some(y)) = (n(0), n(1)) else {
+            return Err(format!("a position must be 2 or 3 numbers, got {p}"));
+        };
+        self.xy(x, y);
+        if self.z {
+            self.out
+                .extend_from_slice(&n(2).unwrap_or(0.0).to_le_bytes());
+        }
+        Ok(())
+    }
+
+    fn positions(&mut self, c: &Json) -> Result<(), String> {
+        let list = nested(c)?;
+        self.count(list.len());
+        list.iter().try_for_each(|p| self.position(p))
+    }
+
+    fn rings(&mut self, c: &Json) -> Result<(), String> {
+        let rings = nested(c)?;
+        self.count(rings.len());
+        rings.iter().try_for_each(|r| self.positions(r))
+    }
+
+    /// One GeoJSON geometry of `kind` (validated by [`check_shape`] and
+    /// [`check_coordinates`]); a nesting that does not fit the kind is an error.
+    fn geojson(&mut self, kind: &str, c: &Json, srid: Option<i32>) -> Result<(), String> {
+        match kind {
+            "Point" => {
+                self.header(POINT, srid);
+                self.position(c)
+            }
+            "LineString" => {
+                self.header(LINESTRING, srid);
+                self.positions(c)
+            }
+            "Polygon" => {
+                self.header(POLYGON, srid);
+                self.rings(c)
+            }
+            "MultiPoint" | "MultiLineString" | "MultiPolygon" => {
+                let (code, part) = match kind {
+                    "MultiPoint" => (MULTIPOINT, "Point"),
+                    "MultiLineString" => (MULTILINESTRING, "LineString"),
+                    _ => (MULTIPOLYGON, "Polygon"),
+                };
+                let parts = nested(c)?;
+                self.header(code, srid);
+                self.count(parts.len());
+                parts.iter().try_for_each(|p| self.geojson(part, p, None))
+            }
+            other => Err(format!("unsupported GeoJSON type {other:?}")),
+        }
+    }
+}
+
+/// The members of a coordinates array that must hold arrays (not a bare position).
+fn nested(c: &Json) -> Result<&[Json], String> {
+    match c.as_array() {
+        Some(a) if a.iter().all(Json::is_array) => Ok(a),
+        _ => Err(format!("coordinates nested too shallowly: {c}")),
+    }
+}
+
+/// A geometry of lat/lon pairs (NGSI simple location formats), written lon/lat: a LineString,
+/// or a Polygon of one ring.
+fn lat_lon_geometry(code: u32, pts: &[(f64, f64)], srid: i32) -> Vec<u8> {
+    let mut w = EwkbWriter::new(false);
+    w.header(code, Some(srid));
+    if code == POLYGON {
+        w.count(1);
+    }
+    w.count(pts.len());
+    for &(lat, lon) in pts {
+        w.xy(lon, lat);
+    }
+    w.out
 }
 
 /// Feature → its geometry; FeatureCollection → its only geometry, or a GeometryCollection.
@@ -268,19 +415,6 @@ fn lat_lon_list(value: &Json) -> Result<Vec<(f64, f64)>, String> {
         .collect()
 }
 
-fn join(pts: &[(f64, f64)]) -> String {
-    pts.iter()
-        .map(|(lat, lon)| format!("{lon} {lat}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn wkt_to_ewkb(wkt: &str, srid: i32) -> Result<Vec<u8>, String> {
-    Wkt(wkt)
-        .to_ewkb(CoordDimensions::xy(), Some(srid))
-        .map_err(|e| format!("cannot encode {wkt}: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,6 +502,128 @@ mod tests {
         for (ty, value, want_type) in cases {
             let ewkb = to_ewkb(ty, &value, 4326).unwrap_or_else(|e| panic!("{ty} {value}: {e}"));
             assert_eq!(header(&ewkb), (want_type, 4326), "{ty} {value}");
+        }
+    }
+
+    /// geozero's EWKB of the same value: the encoding this module used before it wrote EWKB
+    /// itself (WKT for the simple formats, GeoJSON text for geo:json).
+    fn geozero_ewkb(ty: &str, value: &Json) -> Vec<u8> {
+        use geozero::{geojson::GeoJson, wkt::Wkt, CoordDimensions, ToWkb};
+        let pair = |s: &Json| {
+            let (lat, lon) = lat_lon(s).unwrap();
+            format!("{lon} {lat}")
+        };
+        let list = |v: &Json| {
+            let pts: Vec<String> = v.as_array().unwrap().iter().map(pair).collect();
+            pts.join(",")
+        };
+        let wkt = match ty {
+            "geo:point" => format!("POINT({})", pair(value)),
+            "geo:line" => format!("LINESTRING({})", list(value)),
+            "geo:polygon" => format!("POLYGON(({}))", list(value)),
+            _ => {
+                let g = unwrap_feature(value).unwrap();
+                let dims = if g.to_string().contains("[1,2,3]") || g.to_string().contains(",9]") {
+                    CoordDimensions::xyz()
+                } else {
+                    CoordDimensions::xy()
+                };
+                return GeoJson(&g.to_string()).to_ewkb(dims, Some(4326)).unwrap();
+            }
+        };
+        Wkt(wkt.as_str())
+            .to_ewkb(CoordDimensions::xy(), Some(4326))
+            .unwrap()
+    }
+
+    #[test]
+    fn ewkb_is_byte_for_byte_geozeros() {
+        let cases = [
+            ("geo:point", json!("40.4168, -3.7038")),
+            (
+                "geo:line",
+                json!(["1.4168, -1.7038", "1.4178, -1.7028", "-0.5, 3e-7"]),
+            ),
+            ("geo:polygon", json!(["1, 2", "1.5, 2", "1.5, 3", "1, 2"])),
+            (
+                "geo:json",
+                json!({"type": "Point", "coordinates": [-3.7, 40.4]}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "Point", "coordinates": [1, 2, 3]}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "LineString", "coordinates": [[0, 0], [1, 1], [2.5, -1e-3]]}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "LineString", "coordinates": [[0, 0, 9], [1, 1, 9]]}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "LineString", "coordinates": [[0, 0, 9], [1, 1]]}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "Polygon", "coordinates": [
+                [[0, 0], [10, 0], [10, 10], [0, 0]], [[1, 1], [2, 1], [2, 2], [1, 1]]]}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "MultiPoint", "coordinates": [[0, 0], [1, 1]]}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "MultiLineString", "coordinates": [[[0, 0], [1, 1]], [[2, 2], [3, 3]]]}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "MultiPolygon", "coordinates": [
+                [[[0, 0], [1, 0], [1, 1], [0, 0]]], [[[5, 5], [6, 5], [6, 6], [5, 5]]]]}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "GeometryCollection", "geometries": [
+                {"type": "Point", "coordinates": [0, 0]},
+                {"type": "LineString", "coordinates": [[0, 0], [1, 1]]},
+                {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]}]}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "Feature", "properties": {}, "geometry": {"type": "Point", "coordinates": [1, 2]}}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "FeatureCollection", "features": [
+                {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]}},
+                {"type": "Feature", "geometry": {"type": "MultiPoint", "coordinates": [[3, 4], [5, 6]]}}]}),
+            ),
+        ];
+        for (ty, value) in cases {
+            let ours = to_ewkb(ty, &value, 4326).unwrap_or_else(|e| panic!("{ty} {value}: {e}"));
+            assert_eq!(
+                hex::encode(ours),
+                hex::encode(geozero_ewkb(ty, &value)),
+                "{ty} {value}"
+            );
+        }
+    }
+
+    #[test]
+    fn coordinates_nested_unlike_their_type_are_errors() {
+        for value in [
+            json!({"type": "Point", "coordinates": [[1, 2]]}),
+            json!({"type": "LineString", "coordinates": [1, 2]}),
+            json!({"type": "LineString", "coordinates": [[[1, 2], [3, 4]]]}),
+            json!({"type": "Polygon", "coordinates": [[1, 2], [3, 4], [5, 6], [1, 2]]}),
+            json!({"type": "MultiPoint", "coordinates": [1, 2]}),
+        ] {
+            assert!(
+                to_ewkb("geo:json", &value, 4326).is_err(),
+                "{value} should fail"
+            );
         }
     }
 
