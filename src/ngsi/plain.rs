@@ -1,0 +1,233 @@
+//! One-pass reading of a plain NGSIv2 notification (pure): `{"subscriptionId", "data":
+//! [entity…]}` straight into [`Entity`] values.
+//!
+//! Building a `serde_json::Value` tree first and taking it apart cost a quarter of the worker's
+//! CPU in a benchmark drain: a hash map per body, entity and attribute object, and a key string
+//! per member. Here only attribute values become JSON values; attribute objects are matched by
+//! member name without allocating. Anything this reader does not take exactly as the general
+//! path would (not an object, no `data` array, an entity that is not an object, a repeated
+//! attribute name) makes it give up, and the general path decodes the record instead.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value as Json};
+
+use super::{attribute, attribute_from_json, Entity};
+
+/// A plain notification: its entities, and the other members of the body (`subscriptionId`,
+/// routing headers of legacy producers).
+pub(super) struct Plain {
+    pub(super) entities: Vec<Entity>,
+    pub(super) rest: Map<String, Json>,
+}
+
+/// Reads `bytes` as a plain notification; `None` when it is anything else.
+pub(super) fn read(bytes: &[u8]) -> Option<Plain> {
+    let body: Body = serde_json::from_slice(bytes).ok()?;
+    Some(Plain {
+        entities: body.data?,
+        rest: body.rest,
+    })
+}
+
+struct Body {
+    data: Option<Vec<Entity>>,
+    rest: Map<String, Json>,
+}
+
+impl<'de> Deserialize<'de> for Body {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(BodyVisitor)
+    }
+}
+
+struct BodyVisitor;
+
+impl<'de> Visitor<'de> for BodyVisitor {
+    type Value = Body;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a notification object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Body, A::Error> {
+        let mut body = Body {
+            data: None,
+            rest: Map::new(),
+        };
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "data" {
+                let entities: Vec<PlainEntity> = map.next_value()?;
+                body.data = Some(entities.into_iter().map(|e| e.0).collect());
+            } else {
+                let value: Json = map.next_value()?;
+                body.rest.insert(key, value);
+            }
+        }
+        Ok(body)
+    }
+}
+
+struct PlainEntity(Entity);
+
+impl<'de> Deserialize<'de> for PlainEntity {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(EntityVisitor)
+    }
+}
+
+struct EntityVisitor;
+
+impl<'de> Visitor<'de> for EntityVisitor {
+    type Value = PlainEntity;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an entity object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PlainEntity, A::Error> {
+        let mut e = Entity {
+            id: None,
+            entity_type: None,
+            attributes: Vec::with_capacity(map.size_hint().unwrap_or(8)),
+        };
+        while let Some(name) = map.next_key::<String>()? {
+            match name.as_str() {
+                "id" => e.id = string(map.next_value()?),
+                "type" => e.entity_type = string(map.next_value()?),
+                _ => {
+                    let raw: &RawValue = map.next_value()?;
+                    let a = read_attribute(name, raw).map_err(de::Error::custom)?;
+                    e.attributes.push(a);
+                }
+            }
+        }
+        if has_repeated_name(&e) {
+            // A JSON object keeps the last of a repeated member in the first one's place; the
+            // general path does exactly that.
+            return Err(de::Error::custom("repeated attribute name"));
+        }
+        Ok(PlainEntity(e))
+    }
+}
+
+fn string(v: Json) -> Option<String> {
+    match v {
+        Json::String(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// True when two attributes share a name (pairwise for the usual few, hashed for many, so a
+/// hostile entity with thousands of attributes stays linear).
+fn has_repeated_name(e: &Entity) -> bool {
+    let names = || e.attributes.iter().map(|a| a.name.as_str());
+    if e.attributes.len() <= 32 {
+        names()
+            .enumerate()
+            .any(|(i, n)| names().skip(i + 1).any(|m| m == n))
+    } else {
+        let mut seen = HashSet::with_capacity(e.attributes.len());
+        names().any(|n| !seen.insert(n))
+    }
+}
+
+/// The members of an attribute object this worker reads (others are ignored, as Orion's
+/// future members would be).
+#[derive(Deserialize)]
+struct AttrObject {
+    #[serde(rename = "type")]
+    ngsi_type: Option<Json>,
+    value: Option<Json>,
+    metadata: Option<Json>,
+}
+
+fn read_attribute(name: String, raw: &RawValue) -> Result<super::Attribute, serde_json::Error> {
+    let text = raw.get();
+    // Only an object is read member by member (a struct would also accept an array); a
+    // repeated member makes the derived reader fail, and the general reading applies.
+    if text.starts_with('{') {
+        if let Ok(o) = serde_json::from_str::<AttrObject>(text) {
+            return Ok(attribute(name, o.ngsi_type, o.value, o.metadata));
+        }
+    }
+    Ok(attribute_from_json(name, serde_json::from_str(text)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ngsi::entity_from_json;
+
+    /// The general path's entities and `subscriptionId` for a body with a `data` array.
+    fn general(body: &str) -> (Vec<Entity>, Option<Json>) {
+        let Json::Object(mut o) = serde_json::from_str(body).unwrap() else {
+            panic!("not an object")
+        };
+        let Some(Json::Array(data)) = o.swap_remove("data") else {
+            panic!("no data array")
+        };
+        let entities = data.into_iter().map(entity_from_json).collect();
+        (entities, o.get("subscriptionId").cloned())
+    }
+
+    #[test]
+    fn reads_what_the_general_path_reads() {
+        let bodies = [
+            r#"{"subscriptionId": "s1", "data": [{"id": "E1", "type": "T", "temperature": {"type": "Number", "value": 21.50, "metadata": {}}}]}"#,
+            r#"{"data": [], "subscriptionId": "s2"}"#,
+            r#"{"data": [{"id": "E", "type": "T", "a": {"type": "Text", "value": null}, "b": {"value": 1e400, "type": "Number"}, "c": {}}]}"#,
+            r#"{"data": [{"id": "E", "type": "T", "m": {"type": "Number", "value": 1, "metadata": {"unitCode": {"type": "Text", "value": "CEL"}}, "extra": [1, {"x": 2}]}}]}"#,
+            r#"{"data": [{"id": 7, "type": ["x"], "n": {"type": 5, "value": [1, 2.0, "3"], "metadata": "bad"}}]}"#,
+            // keyValues: bare values of every JSON kind (a bare object reads like an attribute)
+            r#"{"data": [{"id": "E", "type": "T", "s": "x", "n": 123456789012345678901234567890, "b": true, "z": null, "a": [{"type": "t"}], "o": {"k": 1}}]}"#,
+            r#"{"data": [{"type": "T", "loc": {"type": "geo:json", "value": {"type": "Point", "coordinates": [-3.7, 40.4]}}}, {"id": "E2"}]}"#,
+            r#"{"headers": {"fiware-service": "a"}, "data": [{"id": "E", "type": "T", "x": {"type": "Text", "value": "\u00e9\n\"q\""}}]}"#,
+        ];
+        for body in bodies {
+            let plain = read(body.as_bytes()).unwrap_or_else(|| panic!("gave up on {body}"));
+            let (entities, sub) = general(body);
+            assert_eq!(plain.entities, entities, "{body}");
+            assert_eq!(plain.rest.get("subscriptionId").cloned(), sub, "{body}");
+        }
+    }
+
+    #[test]
+    fn gives_up_where_the_general_path_decides() {
+        for body in [
+            r#"{"payload": "{\"data\": []}"}"#,
+            r#"{"data": {"id": "E"}}"#,
+            r#"{"data": ["E1"]}"#,
+            r#"{"data": [{"id": "E", "a": {"type": "Number", "value": 1}, "a": {"value": 2}}]}"#,
+            r#"[{"data": []}]"#,
+            r#"{"data": [}"#,
+        ] {
+            assert!(read(body.as_bytes()).is_none(), "{body}");
+        }
+        // A repeated member of an attribute object is left to the general reading of that
+        // attribute alone: the last value wins, as in a JSON tree.
+        let body = r#"{"data": [{"id": "E", "a": {"type": "Number", "value": 1, "value": 2}}]}"#;
+        let plain = read(body.as_bytes()).expect("read");
+        assert_eq!(plain.entities, general(body).0);
+        assert_eq!(plain.entities[0].attributes[0].value, serde_json::json!(2));
+    }
+
+    #[test]
+    fn many_attributes_are_checked_for_repeats_by_hash() {
+        let attrs: Vec<String> = (0..100).map(|i| format!("\"a{i}\": {i}")).collect();
+        let body = format!(r#"{{"data": [{{"id": "E", {}}}]}}"#, attrs.join(", "));
+        assert_eq!(
+            read(body.as_bytes()).unwrap().entities[0].attributes.len(),
+            100
+        );
+        let body = format!(
+            r#"{{"data": [{{"id": "E", {}, "a7": 0}}]}}"#,
+            attrs.join(", ")
+        );
+        assert!(read(body.as_bytes()).is_none());
+    }
+}
