@@ -10,7 +10,7 @@ use tokio_postgres::Transaction;
 
 use crate::route::TableRef;
 
-use super::bind::ColumnKind;
+use super::bind::{ColumnKind, Wire};
 use super::{sql, transient, TransientError};
 
 /// How long a table's cached column types are trusted before they are read again.
@@ -27,6 +27,13 @@ pub struct ColumnInfo {
     pub sql_type: String,
     /// The type without its modifier, which values are cast to (see [`sql::TABLE_COLUMNS`]).
     pub cast_type: String,
+}
+
+impl ColumnInfo {
+    /// How the column's values are sent.
+    pub fn wire(&self) -> Wire {
+        Wire::of(self.kind, &self.cast_type)
+    }
 }
 
 /// Columns of one table by name.

@@ -16,6 +16,7 @@ use tokio_postgres::{Statement, Transaction};
 use crate::flow::transform::OpKind;
 use crate::flow::WriteMode;
 
+use super::bind::Bound;
 use super::error::{classify, is_lock_timeout, is_lost_prepared_statement, ErrorClass};
 use super::evolve::Prepared;
 use super::plan::Group;
@@ -39,7 +40,7 @@ impl From<TransientError> for Fast {
 /// A group bound and prepared, waiting to be sent.
 pub(crate) struct ReadyGroup {
     statement: Statement,
-    arrays: Vec<Vec<Option<String>>>,
+    arrays: Vec<Vec<Option<Bound>>>,
     rows: u64,
     kind: OpKind,
 }
@@ -64,7 +65,7 @@ impl Writer<'_> {
         if group.columns.iter().any(|c| !meta.contains_key(c.as_str())) {
             return Err(Fast::Careful);
         }
-        let mut arrays: Vec<Vec<Option<String>>> = (0..group.columns.len())
+        let mut arrays: Vec<Vec<Option<Bound>>> = (0..group.columns.len())
             .map(|_| Vec::with_capacity(group.items.len()))
             .collect();
         let binder = RowBinder::new(&group.columns, &meta);
@@ -92,10 +93,7 @@ impl Writer<'_> {
                 false,
             )
         };
-        let statement = self
-            .prepare(tx, &sql, arrays.len())
-            .await
-            .map_err(|e| self.gave_up(e))?;
+        let statement = self.prepare(tx, &sql).await.map_err(|e| self.gave_up(e))?;
         Ok(ReadyGroup {
             statement,
             arrays,

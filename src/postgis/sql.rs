@@ -1,11 +1,14 @@
 //! Every SQL statement ngsiflow runs, built in one place (pure).
 //!
-//! Values are always bound as parameters: one `text[]` per column, unnested and cast to the
+//! Values are always bound as parameters: one array per column (`text[]`, or the column's own
+//! array type where values travel in binary, see `bind::Wire`), unnested and cast to the
 //! column's own type (`format_type` output), so a statement's text depends only on the table and
 //! its column set and is prepared once. Identifiers are always quoted.
 
 use crate::flow::WriteMode;
 use crate::route::{quote_ident, TableRef};
+
+use super::bind::Wire;
 
 /// Reads a table's columns: name, printed type with its modifier (`format_type`), base
 /// `typname` (domains resolved to their base type) and the type without its modifier, which is
@@ -34,6 +37,8 @@ pub struct Col<'a> {
     /// The column's full type with modifier (`numeric(20,6)`, `geometry(Point,4326)`): what a
     /// value is normalised to when compared with a stored one.
     pub full_type: &'a str,
+    /// How its values are sent: the parameter's array type.
+    pub wire: Wire,
 }
 
 fn unnest_select(cols: &[Col<'_>]) -> String {
@@ -42,7 +47,11 @@ fn unnest_select(cols: &[Col<'_>]) -> String {
         .enumerate()
         .map(|(i, c)| format!("u.c{}::{}", i + 1, c.sql_type))
         .collect();
-    let arrays: Vec<String> = (1..=cols.len()).map(|i| format!("${i}::text[]")).collect();
+    let arrays: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("${}::{}", i + 1, c.wire.array_type()))
+        .collect();
     let aliases: Vec<String> = (1..=cols.len()).map(|i| format!("c{i}")).collect();
     format!(
         "SELECT {} FROM unnest({}) AS u({})",
@@ -332,16 +341,19 @@ mod tests {
             name: "entityid",
             sql_type: "text",
             full_type: "text",
+            wire: Wire::Text,
         },
         Col {
             name: "timeinstant",
             sql_type: "timestamp with time zone",
             full_type: "timestamp with time zone",
+            wire: Wire::TimestampTz,
         },
         Col {
             name: "temp",
             sql_type: "numeric",
             full_type: "numeric(10,2)",
+            wire: Wire::Text,
         },
     ];
 
@@ -365,11 +377,11 @@ mod tests {
     fn golden_statements() {
         assert_eq!(
             write_statement(&t(), &COLS, WriteMode::Insert, &[], false),
-            "INSERT INTO \"acme\".\"p_t_lastdata\" AS cur (\"entityid\", \"timeinstant\", \"temp\") SELECT u.c1::text, u.c2::timestamp with time zone, u.c3::numeric FROM unnest($1::text[], $2::text[], $3::text[]) AS u(c1, c2, c3) ON CONFLICT DO NOTHING RETURNING 1"
+            "INSERT INTO \"acme\".\"p_t_lastdata\" AS cur (\"entityid\", \"timeinstant\", \"temp\") SELECT u.c1::text, u.c2::timestamp with time zone, u.c3::numeric FROM unnest($1::text[], $2::timestamptz[], $3::text[]) AS u(c1, c2, c3) ON CONFLICT DO NOTHING RETURNING 1"
         );
         assert_eq!(
             write_statement(&t(), &COLS, WriteMode::UpsertIfNewer, &["entityid".into()], false),
-            "INSERT INTO \"acme\".\"p_t_lastdata\" AS cur (\"entityid\", \"timeinstant\", \"temp\") SELECT u.c1::text, u.c2::timestamp with time zone, u.c3::numeric FROM unnest($1::text[], $2::text[], $3::text[]) AS u(c1, c2, c3) ON CONFLICT (\"entityid\") DO UPDATE SET \"timeinstant\" = EXCLUDED.\"timeinstant\", \"temp\" = EXCLUDED.\"temp\" WHERE EXCLUDED.\"timeinstant\" >= cur.\"timeinstant\" OR cur.\"timeinstant\" IS NULL RETURNING 1"
+            "INSERT INTO \"acme\".\"p_t_lastdata\" AS cur (\"entityid\", \"timeinstant\", \"temp\") SELECT u.c1::text, u.c2::timestamp with time zone, u.c3::numeric FROM unnest($1::text[], $2::timestamptz[], $3::text[]) AS u(c1, c2, c3) ON CONFLICT (\"entityid\") DO UPDATE SET \"timeinstant\" = EXCLUDED.\"timeinstant\", \"temp\" = EXCLUDED.\"temp\" WHERE EXCLUDED.\"timeinstant\" >= cur.\"timeinstant\" OR cur.\"timeinstant\" IS NULL RETURNING 1"
         );
         let no_ti = [COLS[0].clone(), COLS[2].clone()];
         assert!(!write_statement(
@@ -449,16 +461,19 @@ mod tests {
                 name: "entityid",
                 sql_type: "text",
                 full_type: "text",
+                wire: Wire::Text,
             },
             Col {
                 name: "j",
                 sql_type: "json",
                 full_type: "json",
+                wire: Wire::Text,
             },
             Col {
                 name: "g",
                 sql_type: "geometry",
                 full_type: "geometry(Point,4326)",
+                wire: Wire::Text,
             },
         ];
         assert_eq!(

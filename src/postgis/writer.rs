@@ -17,7 +17,7 @@ use crate::flow::transform::{OpKind, RowOp};
 use crate::flow::{FlowSpec, WriteMode};
 use crate::ngsi::value::CellValue;
 
-use super::bind::{bind_text, BindError};
+use super::bind::{bind, BindError, Bound, Wire};
 use super::error::{
     classify, describe, is_lock_timeout, is_lost_prepared_statement, is_stale_metadata, ErrorClass,
 };
@@ -246,13 +246,13 @@ impl Writer<'_> {
         &mut self,
         tx: &mut Transaction<'_>,
         sql: &str,
-        params: usize,
     ) -> Result<Statement, tokio_postgres::Error> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let types = vec![Type::TEXT_ARRAY; params];
-        let stmt = tx.prepare_typed(sql, &types).await?;
+        // Every parameter is cast in the statement text (`$1::float8[]`), which gives its type;
+        // `geometry[]` has no fixed type id to name here.
+        let stmt = tx.prepare(sql).await?;
         if self.statements.len() >= MAX_CACHED_STATEMENTS {
             self.statements.clear();
         }
@@ -266,10 +266,10 @@ impl Writer<'_> {
         &mut self,
         tx: &mut Transaction<'_>,
         sql: &str,
-        arrays: &[Vec<Option<String>>],
+        arrays: &[Vec<Option<Bound>>],
     ) -> Result<Exec, TransientError> {
         let mut sp = tx.transaction().await.map_err(transient)?;
-        let result = match self.prepare(&mut sp, sql, arrays.len()).await {
+        let result = match self.prepare(&mut sp, sql).await {
             Ok(stmt) => {
                 let params: Vec<&(dyn ToSql + Sync)> =
                     arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
@@ -352,7 +352,7 @@ impl Writer<'_> {
         &mut self,
         tx: &mut Transaction<'_>,
         sql: &str,
-        arrays: &[Vec<Option<String>>],
+        arrays: &[Vec<Option<Bound>>],
         count: impl FnOnce(&mut WindowOutcome),
     ) -> Result<RowsResult, TransientError> {
         Ok(match self.exec(tx, sql, arrays).await? {
@@ -442,6 +442,7 @@ impl Writer<'_> {
         one: &Rows,
     ) -> Result<bool, TransientError> {
         let row = one.row(0);
+        let row: Vec<Option<String>> = row.iter().map(|v| v.as_ref().map(Bound::to_text)).collect();
         let compare: Vec<(Col<'_>, &Option<String>)> = cols
             .iter()
             .cloned()
@@ -531,6 +532,7 @@ pub(crate) fn columns<'a>(group: &'a Group, meta: &'a TableMeta) -> Vec<Col<'a>>
             name: c,
             sql_type: &meta[c.as_str()].cast_type,
             full_type: &meta[c.as_str()].sql_type,
+            wire: meta[c.as_str()].wire(),
         })
         .collect()
 }
@@ -543,7 +545,11 @@ fn failure(
     k: usize,
     e: &tokio_postgres::Error,
 ) -> ItemFailure {
-    let values = rows.row(k);
+    let values: Vec<Option<String>> = rows
+        .row(k)
+        .iter()
+        .map(|v| v.as_ref().map(Bound::to_text))
+        .collect();
     let query = if group.kind == OpKind::Delete {
         sql::readable_delete(&group.target, values[0].as_deref().unwrap_or(""))
     } else {
@@ -561,7 +567,7 @@ fn failure(
 /// the item each row came from. Values are moved in once and never copied on the main path.
 struct Rows {
     items: Vec<usize>,
-    arrays: Vec<Vec<Option<String>>>,
+    arrays: Vec<Vec<Option<Bound>>>,
 }
 
 impl Rows {
@@ -572,7 +578,7 @@ impl Rows {
         }
     }
 
-    fn push(&mut self, item: usize, row: Vec<Option<String>>) {
+    fn push(&mut self, item: usize, row: Vec<Option<Bound>>) {
         self.items.push(item);
         for (a, v) in self.arrays.iter_mut().zip(row) {
             a.push(v);
@@ -584,7 +590,7 @@ impl Rows {
     }
 
     /// Row `k`'s values (copied: only for error reports and single-row replays).
-    fn row(&self, k: usize) -> Vec<Option<String>> {
+    fn row(&self, k: usize) -> Vec<Option<Bound>> {
         self.arrays.iter().map(|a| a[k].clone()).collect()
     }
 
@@ -603,19 +609,22 @@ impl Rows {
 pub(crate) struct RowBinder<'a> {
     columns: &'a [String],
     infos: Vec<&'a ColumnInfo>,
+    wires: Vec<Wire>,
 }
 
 impl<'a> RowBinder<'a> {
     /// A binder for `columns` (sorted, every one present in `meta`).
     pub(crate) fn new(columns: &'a [String], meta: &'a TableMeta) -> Self {
+        let infos: Vec<&ColumnInfo> = columns.iter().map(|c| &meta[c.as_str()]).collect();
         Self {
             columns,
-            infos: columns.iter().map(|c| &meta[c.as_str()]).collect(),
+            wires: infos.iter().map(|i| i.wire()).collect(),
+            infos,
         }
     }
 
     /// The row's bound values in column order; a column the row lacks is NULL.
-    pub(crate) fn bind(&self, op: &RowOp) -> Result<Vec<Option<String>>, BindError> {
+    pub(crate) fn bind(&self, op: &RowOp) -> Result<Vec<Option<Bound>>, BindError> {
         const NULL: &CellValue = &CellValue::Null;
         let mut values = vec![NULL; self.columns.len()];
         for (name, v) in &op.columns {
@@ -627,7 +636,8 @@ impl<'a> RowBinder<'a> {
             .iter()
             .zip(&self.infos)
             .zip(values)
-            .map(|((c, info), v)| bind_text(c, info.kind, &info.sql_type, v))
+            .zip(&self.wires)
+            .map(|(((c, info), v), &wire)| bind(c, info.kind, wire, &info.sql_type, v))
             .collect()
     }
 }
@@ -667,7 +677,11 @@ mod tests {
         let binder = RowBinder::new(&columns, &meta);
         assert_eq!(
             binder.bind(&op).unwrap(),
-            [Some("x".to_string()), None, Some("z".to_string())]
+            [
+                Some(Bound::Text("x".to_string())),
+                None,
+                Some(Bound::Text("z".to_string()))
+            ]
         );
     }
 }
