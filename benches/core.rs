@@ -1,23 +1,54 @@
-//! Benchmark of the pure core, without Kafka or PostgreSQL: decode → transform → bind for the
-//! built-in sample notifications (every NGSI value type and geometry). Prints ns per
-//! notification and writes `target/bench/core.md`.
+//! Benchmark of the pure core, without Kafka or PostgreSQL: decode → transform → bind, one
+//! thread, for the built-in sample notifications (every NGSI value type and geometry) and for
+//! the end-to-end benchmark's multi-tenant workload; and the memory one in-flight record holds
+//! (its message and its row operation, as a window keeps them). Prints the figures and writes
+//! `target/bench/core.md`.
 //!
 //! Run: `cargo bench --bench core` (no timing is asserted; compare reports across changes).
 
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use chrono::Utc;
-use ngsiflow::flow::load_flows;
-use ngsiflow::flow::transform::{transform, TransformOptions};
+use ngsiflow::flow::transform::{transform, RowOp, TransformOptions};
+use ngsiflow::flow::{load_flows, FlowSpec};
 use ngsiflow::ngsi::decode;
 use ngsiflow::ngsi::value::CellValue;
-use ngsiflow::postgis::bind::{bind_text, ColumnKind};
+use ngsiflow::postgis::bind::{bind, ColumnKind, Wire};
 use ngsiflow::produce::sample;
+use ngsiflow::workload;
 
-// The allocator the worker runs with (src/main.rs): allocation is a large share of the core's
-// time, so measuring with another one would mislead.
+/// The allocator the worker runs with (src/main.rs; allocation is a large share of the core's
+/// time, so measuring with another one would mislead), counting the bytes it holds.
+struct Counting;
+
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to mimalloc; the counter only observes sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        HELD.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        HELD.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        HELD.fetch_add(new_size, Ordering::Relaxed);
+        HELD.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+    }
+}
+
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: Counting = Counting;
+
+type Headers = Vec<(&'static str, Vec<u8>)>;
 
 fn main() {
     let flows = load_flows(
@@ -26,59 +57,128 @@ fn main() {
         "bench",
     )
     .expect("flows");
-    let headers: [(&str, &[u8]); 2] = [
-        ("Fiware-Service", b"demo"),
-        ("Fiware-Servicepath", b"/city"),
+    let flow = |name: &str| flows.iter().find(|f| f.name == name).expect("flow");
+    let opts = TransformOptions::default();
+    let mut report = String::from(
+        "# ngsiflow core benchmark (decode → transform → bind, one thread)\n\n\
+         | notifications | flow | notifications run | ns/notification | notifications/s | records | columns bound |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    let sample_headers: Headers = vec![
+        ("Fiware-Service", b"demo".to_vec()),
+        ("Fiware-Servicepath", b"/city".to_vec()),
     ];
-    let payloads: Vec<Vec<u8>> = (0..4000)
+    let samples: Vec<Vec<u8>> = (0..4000)
         .map(|i| sample(i, 1000, false).to_string().into_bytes())
         .collect();
-    let opts = TransformOptions::default();
-    let mut report = String::from("# ngsiflow core benchmark (decode → transform → bind, one thread)\n\n| flow | notifications | ns/notification | records | columns bound |\n|---|---|---|---|---|\n");
     for spec in flows
         .iter()
         .filter(|f| f.kind == ngsiflow::flow::FlowKind::Ngsi)
     {
-        let rounds = 25;
-        let (mut records, mut cells) = (0u64, 0u64);
-        let started = Instant::now();
-        for _ in 0..rounds {
-            for p in &payloads {
-                let n = decode(Some(p), &headers).expect("sample decodes");
-                for op in transform(spec, n, Utc::now(), &opts).into_iter().flatten() {
-                    records += 1;
-                    for (name, v) in &op.columns {
-                        let kind = column_kind(name, v);
-                        cells += u64::from(bind_text(name, kind, "t", v).is_ok());
-                    }
-                }
-            }
-        }
-        let n = (rounds * payloads.len()) as f64;
-        let ns = started.elapsed().as_nanos() as f64 / n;
-        println!(
-            "{:<9} {:>8.0} ns/notification  ({records} records, {cells} columns bound)",
-            spec.name, ns
-        );
-        report.push_str(&format!(
-            "| {} | {} | {:.0} | {records} | {cells} |\n",
-            spec.name, n, ns
-        ));
+        let batch: Vec<(&FlowSpec, &Headers, &[u8])> = samples
+            .iter()
+            .map(|p| (spec, &sample_headers, p.as_slice()))
+            .collect();
+        let line = run("samples", &spec.name, &batch, &opts);
+        report.push_str(&line);
     }
+    let messages: Vec<(&FlowSpec, Headers, Vec<u8>)> = (0..12_000)
+        .map(|i| {
+            let m = workload::message(i, 100);
+            let headers = vec![
+                ("fiware-service", m.service.as_bytes().to_vec()),
+                ("fiware-servicepath", m.servicepath.as_bytes().to_vec()),
+            ];
+            (flow(m.flow), headers, m.value.to_string().into_bytes())
+        })
+        .collect();
+    let batch: Vec<(&FlowSpec, &Headers, &[u8])> = messages
+        .iter()
+        .map(|(s, h, p)| (*s, h, p.as_slice()))
+        .collect();
+    report.push_str(&run("multi-tenant workload", "all three", &batch, &opts));
+    report.push_str(&held_per_record(&batch[..2000], &opts));
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&dir).expect("target/bench");
     std::fs::write(dir.join("core.md"), report).expect("write report");
 }
 
-/// The column kinds of the sample tables (scripts/sample-tables.sql).
+/// Times decode → transform → bind over `batch` (25 rounds); one report line.
+fn run(
+    what: &str,
+    flow: &str,
+    batch: &[(&FlowSpec, &Headers, &[u8])],
+    opts: &TransformOptions,
+) -> String {
+    let rounds = 25;
+    let (mut records, mut cells) = (0u64, 0u64);
+    let started = Instant::now();
+    for _ in 0..rounds {
+        for (spec, headers, payload) in batch {
+            let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, &v[..])).collect();
+            let n = decode(Some(payload), &pairs).expect("decodes");
+            for op in transform(spec, n, Utc::now(), opts).into_iter().flatten() {
+                records += 1;
+                for (name, v) in &op.columns {
+                    let kind = column_kind(name, v);
+                    let wire = Wire::of(kind, "double precision");
+                    cells += u64::from(bind(name, kind, wire, "t", v).is_ok());
+                }
+            }
+        }
+    }
+    let n = (rounds * batch.len()) as f64;
+    let ns = started.elapsed().as_nanos() as f64 / n;
+    println!(
+        "{what:<22} {flow:<9} {ns:>8.0} ns/notification  {:>7.0}/s  ({records} records, {cells} columns bound)",
+        1e9 / ns
+    );
+    format!(
+        "| {what} | {flow} | {n} | {ns:.0} | {:.0} | {records} | {cells} |\n",
+        1e9 / ns
+    )
+}
+
+/// Bytes held per record while it waits in a window: its message (value and headers) and its
+/// row operation, for the first `batch.len()` workload notifications.
+fn held_per_record(batch: &[(&FlowSpec, &Headers, &[u8])], opts: &TransformOptions) -> String {
+    let before = HELD.load(Ordering::Relaxed);
+    let mut held: Vec<(Vec<u8>, Headers, Vec<RowOp>)> = Vec::with_capacity(batch.len());
+    let vec_bytes = HELD.load(Ordering::Relaxed) - before;
+    for (spec, headers, payload) in batch {
+        let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, &v[..])).collect();
+        let n = decode(Some(payload), &pairs).expect("decodes");
+        let ops: Vec<RowOp> = transform(spec, n, Utc::now(), opts)
+            .into_iter()
+            .flatten()
+            .collect();
+        held.push((payload.to_vec(), (*headers).clone(), ops));
+    }
+    let bytes = HELD.load(Ordering::Relaxed) - before - vec_bytes
+        + held.len() * std::mem::size_of::<(Vec<u8>, Headers, Vec<RowOp>)>();
+    let records: usize = held.iter().map(|h| h.2.len()).sum();
+    let payload: usize = held.iter().map(|h| h.0.len()).sum();
+    let line = format!(
+        "\nHeld per in-flight record (message + row operation, multi-tenant workload, {records} records): \
+         {} bytes, of which {} bytes of message value.\n",
+        bytes / records,
+        payload / records
+    );
+    print!("{line}");
+    drop(held);
+    line
+}
+
+/// The column kinds of the sample tables (scripts/sample-tables.sql) and the workload's
+/// (`ngsiflow produce --print-ddl`).
 fn column_kind(name: &str, v: &CellValue) -> ColumnKind {
     match name {
-        "timeinstant" | "recvtime" => ColumnKind::TimestampTz,
-        "temperature" => ColumnKind::Float,
+        "timeinstant" | "recvtime" | "updatedat" => ColumnKind::TimestampTz,
+        "temperature" | "speed" => ColumnKind::Float,
         "count" => ColumnKind::Integer,
         "bignum" => ColumnKind::BigInt,
         "price" => ColumnKind::Numeric,
-        "active" => ColumnKind::Boolean,
+        "active" | "occupied" => ColumnKind::Boolean,
         "config" => ColumnKind::Jsonb,
         "tags" => ColumnKind::Json,
         "observedat" => ColumnKind::Timestamp,
