@@ -50,8 +50,10 @@ pub struct RunArgs {
     /// statements (PostgreSQL's cost per row falls) and take more memory (README, "Memory").
     #[arg(long, env = "NGSIFLOW_BATCH_SIZE", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
-    /// Longest wait, in milliseconds, before a non-full window is flushed (0–60000).
-    #[arg(long, env = "NGSIFLOW_LINGER_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    /// Longest wait, in milliseconds, before a non-full window is flushed (0–60000). It is the
+    /// floor of the commit latency at low rates; a backlog fills windows by size long before.
+    /// (At 10k notifications/s, 50 ms gave p99 172–204 ms against 253–268 ms for 100 ms.)
+    #[arg(long, env = "NGSIFLOW_LINGER_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub linger_ms: u64,
     /// Datamodel when a record has no `fiware-datamodel` header.
     #[arg(long, env = "NGSIFLOW_DEFAULT_DATAMODEL", default_value = "dm-by-entity-type-database", value_parser = parse_datamodel)]
