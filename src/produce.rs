@@ -284,7 +284,11 @@ pub async fn run(args: ProduceArgs) -> Result<(), ProduceError> {
         let generated = multi.then(|| crate::workload::message(i, args.entities));
         for (topic, lastdata) in &topics {
             let (value, message_headers) = match (&file, &generated) {
-                (_, Some(m)) if !topic.strip_suffix(m.flow).is_some_and(|t| t.ends_with("raw_")) => {
+                (_, Some(m))
+                    if !topic
+                        .strip_suffix(m.flow)
+                        .is_some_and(|t| t.ends_with("raw_")) =>
+                {
                     continue
                 }
                 (_, Some(m)) => (

@@ -129,7 +129,7 @@ pub fn transform(
 fn record(
     spec: &FlowSpec,
     headers: &NgsiHeaders,
-    entity: Entity,
+    mut entity: Entity,
     index: usize,
     datamodel: &Result<Datamodel, route::RouteError>,
     recv_time: DateTime<Utc>,
@@ -144,32 +144,35 @@ fn record(
             message,
         }
     };
-    if let Some(id) = &entity.id {
-        columns.push(("entityid".into(), CellValue::Text(id.clone())));
+    // Moved, not copied: only the attributes are read after this.
+    let has_id = entity.id.is_some();
+    if let Some(id) = entity.id.take() {
+        columns.push(("entityid".into(), CellValue::Text(id)));
     }
-    if let Some(ty) = &entity.entity_type {
-        columns.push(("entitytype".into(), CellValue::Text(ty.clone())));
+    let entity_type = entity.entity_type.take();
+    let routed = entity_type.as_deref().map(|ty| {
+        datamodel.clone().and_then(|dm| {
+            route::route(
+                &headers.service,
+                &headers.servicepath,
+                ty,
+                &spec.table_suffix,
+                dm,
+            )
+        })
+    });
+    if let Some(ty) = entity_type {
+        columns.push(("entitytype".into(), CellValue::Text(ty)));
     }
     columns.push((
         "fiwareservicepath".into(),
         CellValue::Text(headers.servicepath.clone()),
     ));
-    let Some(entity_type) = &entity.entity_type else {
+    let Some(routed) = routed else {
         return Err(fail(None, columns, "entity has no type".into()));
     };
-    let target = datamodel
-        .clone()
-        .and_then(|dm| {
-            route::route(
-                &headers.service,
-                &headers.servicepath,
-                entity_type,
-                &spec.table_suffix,
-                dm,
-            )
-        })
-        .map_err(|e| fail(None, columns.clone(), e.to_string()))?;
-    if entity.id.is_none() {
+    let target = routed.map_err(|e| fail(None, columns.clone(), e.to_string()))?;
+    if !has_id {
         return Err(fail(Some(target), columns, "entity has no id".into()));
     }
     if spec.entity_delete == EntityDeleteMode::Delete && entity.is_delete() {

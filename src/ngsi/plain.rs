@@ -8,6 +8,7 @@
 //! path would (not an object, no `data` array, an entity that is not an object, a repeated
 //! attribute name) makes it give up, and the general path decodes the record instead.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 
@@ -59,16 +60,48 @@ impl<'de> Visitor<'de> for BodyVisitor {
             data: None,
             rest: Map::new(),
         };
-        while let Some(key) = map.next_key::<String>()? {
+        while let Some(Key(key)) = map.next_key()? {
             if key == "data" {
                 let entities: Vec<PlainEntity> = map.next_value()?;
                 body.data = Some(entities.into_iter().map(|e| e.0).collect());
             } else {
                 let value: Json = map.next_value()?;
-                body.rest.insert(key, value);
+                body.rest.insert(key.into_owned(), value);
             }
         }
         Ok(body)
+    }
+}
+
+/// A member name, borrowed from the input when it holds no escape (most do): only attribute
+/// names are kept, so the others cost no allocation.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = Key<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(v)))
     }
 }
 
@@ -95,13 +128,13 @@ impl<'de> Visitor<'de> for EntityVisitor {
             entity_type: None,
             attributes: Vec::with_capacity(map.size_hint().unwrap_or(8)),
         };
-        while let Some(name) = map.next_key::<String>()? {
-            match name.as_str() {
+        while let Some(Key(name)) = map.next_key()? {
+            match name.as_ref() {
                 "id" => e.id = string(map.next_value()?),
                 "type" => e.entity_type = string(map.next_value()?),
                 _ => {
                     let raw: &RawValue = map.next_value()?;
-                    let a = read_attribute(name, raw).map_err(de::Error::custom)?;
+                    let a = read_attribute(name.into_owned(), raw).map_err(de::Error::custom)?;
                     e.attributes.push(a);
                 }
             }
@@ -186,6 +219,8 @@ mod tests {
             // keyValues: bare values of every JSON kind (a bare object reads like an attribute)
             r#"{"data": [{"id": "E", "type": "T", "s": "x", "n": 123456789012345678901234567890, "b": true, "z": null, "a": [{"type": "t"}], "o": {"k": 1}}]}"#,
             r#"{"data": [{"type": "T", "loc": {"type": "geo:json", "value": {"type": "Point", "coordinates": [-3.7, 40.4]}}}, {"id": "E2"}]}"#,
+            // escaped member names (not borrowed from the input)
+            r#"{"d\u0061ta": [{"\u0069d": "E", "t\u0065mp": {"type": "Number", "value": 1}}]}"#,
             r#"{"headers": {"fiware-service": "a"}, "data": [{"id": "E", "type": "T", "x": {"type": "Text", "value": "\u00e9\n\"q\""}}]}"#,
         ];
         for body in bodies {

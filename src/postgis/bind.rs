@@ -13,7 +13,7 @@
 //! timestamps alone was 8 % of PostgreSQL's CPU in a benchmark drain), and text, cast by
 //! PostgreSQL to the column's type, for every other type.
 
-use std::sync::Arc;
+use std::borrow::Cow;
 
 use bytes::BytesMut;
 use chrono::{DateTime, SubsecRound, Utc};
@@ -117,6 +117,16 @@ pub fn bind_text(
     column_type: &str,
     value: &CellValue,
 ) -> Result<Option<String>, BindError> {
+    text(column, kind, column_type, value).map(|t| t.map(Cow::into_owned))
+}
+
+/// [`bind_text`], borrowing the text from the value where it is the value's own.
+fn text<'a>(
+    column: &str,
+    kind: ColumnKind,
+    column_type: &str,
+    value: &'a CellValue,
+) -> Result<Option<Cow<'a, str>>, BindError> {
     let fail = |reason: &str| BindError {
         column: column.to_string(),
         column_type: column_type.to_string(),
@@ -132,13 +142,17 @@ pub fn bind_text(
         CellValue::Text(s) => {
             return match kind {
                 ColumnKind::Json | ColumnKind::Jsonb => {
-                    Ok(Some(Json::String(s.clone()).to_string()))
+                    Ok(Some(Json::String(s.clone()).to_string().into()))
                 }
-                ColumnKind::Text | ColumnKind::Other => Ok(Some(s.clone())),
+                ColumnKind::Text | ColumnKind::Other => Ok(Some(Cow::Borrowed(s))),
                 _ => Err(fail("")),
             }
         }
-        CellValue::Instant(t) => return bind_instant(kind, t).map(Some).ok_or_else(|| fail("")),
+        CellValue::Instant(t) => {
+            return bind_instant(kind, t)
+                .map(|t| Some(t.into()))
+                .ok_or_else(|| fail(""))
+        }
         CellValue::Attr(a) => a,
     };
     if attr.value.is_null() {
@@ -146,35 +160,35 @@ pub fn bind_text(
     }
     match kind {
         ColumnKind::Geometry | ColumnKind::Geography => match &attr.ewkb {
-            Some(ewkb) => Ok(Some(hex::encode(ewkb))),
+            Some(ewkb) => Ok(Some(hex::encode(ewkb).into())),
             None => Err(fail(
                 "only geo:point, geo:line, geo:box, geo:polygon and geo:json values are geometries",
             )),
         },
         ColumnKind::TimestampTz | ColumnKind::Timestamp | ColumnKind::Date => match &attr.instant {
-            Some(t) => Ok(bind_instant(kind, t)),
+            Some(t) => Ok(bind_instant(kind, t).map(Cow::Owned)),
             None => Err(fail(
                 "not an ISO 8601 date-time of NGSI type DateTime or ISO8601",
             )),
         },
-        ColumnKind::Json | ColumnKind::Jsonb => Ok(Some(attr.value.to_string())),
+        ColumnKind::Json | ColumnKind::Jsonb => Ok(Some(attr.value.to_string().into())),
         ColumnKind::Boolean => match &attr.value {
-            Json::Bool(b) => Ok(Some(b.to_string())),
+            Json::Bool(b) => Ok(Some(b.to_string().into())),
             _ => Err(fail("")),
         },
         ColumnKind::SmallInt | ColumnKind::Integer | ColumnKind::BigInt => match &attr.value {
-            Json::Number(n) => exact_integer(&n.to_string(), kind)
-                .map(Some)
+            Json::Number(n) => exact_integer(n.as_str(), kind)
+                .map(|i| Some(i.into()))
                 .map_err(|r| fail(&r)),
             _ => Err(fail("")),
         },
         ColumnKind::Numeric | ColumnKind::Float => match &attr.value {
-            Json::Number(n) => Ok(Some(n.to_string())),
+            Json::Number(n) => Ok(Some(Cow::Borrowed(n.as_str()))),
             _ => Err(fail("")),
         },
         ColumnKind::Text | ColumnKind::Other => Ok(match &attr.value {
-            Json::String(s) => Some(s.clone()),
-            other => Some(other.to_string()),
+            Json::String(s) => Some(Cow::Borrowed(s)),
+            other => Some(other.to_string().into()),
         }),
     }
 }
@@ -234,11 +248,12 @@ impl Wire {
     }
 }
 
-/// A value bound for its column's [`Wire`] (SQL NULL is `None` beside it).
+/// A value bound for its column's [`Wire`] (SQL NULL is `None` beside it), borrowing from the
+/// cell value where it can: a window's text is not copied to be sent.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Bound {
+pub enum Bound<'a> {
     /// [`Wire::Text`].
-    Text(String),
+    Text(Cow<'a, str>),
     /// [`Wire::Float8`].
     Float8(f64),
     /// [`Wire::TimestampTz`], whole microseconds.
@@ -246,15 +261,15 @@ pub enum Bound {
     /// [`Wire::Bool`].
     Bool(bool),
     /// [`Wire::Geometry`]: EWKB.
-    Ewkb(Arc<[u8]>),
+    Ewkb(&'a [u8]),
 }
 
-impl Bound {
+impl Bound<'_> {
     /// The value as text PostgreSQL reads as the same value of the column's type: for
     /// readable statements and the identical-replay check.
     pub fn to_text(&self) -> String {
         match self {
-            Self::Text(s) => s.clone(),
+            Self::Text(s) => s.to_string(),
             // Rust prints the shortest text that parses back to the same double.
             Self::Float8(f) => f.to_string(),
             Self::TimestampTz(t) => to_rfc3339_micros(t),
@@ -264,14 +279,14 @@ impl Bound {
     }
 }
 
-impl ToSql for Bound {
+impl ToSql for Bound<'_> {
     fn to_sql(
         &self,
         ty: &Type,
         out: &mut BytesMut,
     ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         match self {
-            Self::Text(s) => s.as_str().to_sql(ty, out),
+            Self::Text(s) => s.as_ref().to_sql(ty, out),
             Self::Float8(f) => f.to_sql(ty, out),
             Self::TimestampTz(t) => t.to_sql(ty, out),
             Self::Bool(b) => b.to_sql(ty, out),
@@ -297,13 +312,13 @@ impl ToSql for Bound {
 /// # Errors
 /// [`BindError`], as [`bind_text`]; a `double precision` number outside its range is rejected
 /// here, as PostgreSQL's own text input would.
-pub fn bind(
+pub fn bind<'a>(
     column: &str,
     kind: ColumnKind,
     wire: Wire,
     column_type: &str,
-    value: &CellValue,
-) -> Result<Option<Bound>, BindError> {
+    value: &'a CellValue,
+) -> Result<Option<Bound<'a>>, BindError> {
     let attr = match value {
         CellValue::Attr(a) if !a.value.is_null() => Some(a),
         _ => None,
@@ -315,7 +330,7 @@ pub fn bind(
             a.instant.as_ref().map(|t| Bound::TimestampTz(micros(t)))
         }
         (Wire::Bool, _, Some(a)) => a.value.as_bool().map(Bound::Bool),
-        (Wire::Geometry, _, Some(a)) => a.ewkb.clone().map(Bound::Ewkb),
+        (Wire::Geometry, _, Some(a)) => a.ewkb.as_deref().map(Bound::Ewkb),
         (Wire::Float8, _, Some(a)) => match &a.value {
             Json::Number(n) => {
                 let lexeme = n.as_str();
@@ -336,7 +351,7 @@ pub fn bind(
         return Ok(bound);
     }
     // Everything else is NULL, text or an error, exactly as the text rules say.
-    match bind_text(column, kind, column_type, value)? {
+    match text(column, kind, column_type, value)? {
         None => Ok(None),
         Some(text) if wire == Wire::Text => Ok(Some(Bound::Text(text))),
         Some(_) => Err(BindError {
@@ -558,9 +573,14 @@ mod tests {
                 Geometry,
                 Wire::Geometry,
                 geo.clone(),
-                Some(Bound::Ewkb(Arc::from(vec![1u8, 0xab]))),
+                Some(Bound::Ewkb(&[1u8, 0xab])),
             ),
-            (Geography, Wire::Text, geo, Some(Bound::Text("01ab".into()))),
+            (
+                Geography,
+                Wire::Text,
+                geo.clone(),
+                Some(Bound::Text("01ab".into())),
+            ),
             (
                 Text,
                 Wire::Text,

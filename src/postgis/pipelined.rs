@@ -38,9 +38,9 @@ impl From<TransientError> for Fast {
 }
 
 /// A group bound and prepared, waiting to be sent.
-pub(crate) struct ReadyGroup {
+pub(crate) struct ReadyGroup<'a> {
     statement: Statement,
-    arrays: Vec<Vec<Option<Bound>>>,
+    arrays: Vec<Vec<Option<Bound<'a>>>>,
     rows: u64,
     kind: OpKind,
 }
@@ -51,12 +51,12 @@ impl Writer<'_> {
     /// # Errors
     /// [`Fast::Careful`] when the group is off the common path, [`Fast::Transient`] when the
     /// database failed.
-    pub(crate) async fn ready(
+    pub(crate) async fn ready<'i>(
         &mut self,
         tx: &mut Transaction<'_>,
-        items: &[WriteItem],
+        items: &'i [WriteItem],
         group: &Group,
-    ) -> Result<ReadyGroup, Fast> {
+    ) -> Result<ReadyGroup<'i>, Fast> {
         let Prepared::Ready(Some(meta)) = self.table(tx, items, group, false).await? else {
             return Err(Fast::Careful);
         };
@@ -65,7 +65,7 @@ impl Writer<'_> {
         if group.columns.iter().any(|c| !meta.contains_key(c.as_str())) {
             return Err(Fast::Careful);
         }
-        let mut arrays: Vec<Vec<Option<Bound>>> = (0..group.columns.len())
+        let mut arrays: Vec<Vec<Option<Bound<'_>>>> = (0..group.columns.len())
             .map(|_| Vec::with_capacity(group.items.len()))
             .collect();
         let binder = RowBinder::new(&group.columns, &meta);
@@ -110,7 +110,7 @@ impl Writer<'_> {
     pub(crate) async fn run_ready(
         &mut self,
         tx: &Transaction<'_>,
-        ready: &[ReadyGroup],
+        ready: &[ReadyGroup<'_>],
     ) -> Result<(), Fast> {
         let params: Vec<Vec<&(dyn ToSql + Sync)>> = ready
             .iter()

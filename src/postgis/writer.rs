@@ -226,7 +226,7 @@ impl Writer<'_> {
         tx: &mut Transaction<'_>,
         group: &Group,
         cols: &[Col<'_>],
-        rows: &Rows,
+        rows: &Rows<'_>,
     ) -> Result<Vec<ItemFailure>, TransientError> {
         let mut failures = Vec::new();
         for k in 0..rows.len() {
@@ -266,7 +266,7 @@ impl Writer<'_> {
         &mut self,
         tx: &mut Transaction<'_>,
         sql: &str,
-        arrays: &[Vec<Option<Bound>>],
+        arrays: &[Vec<Option<Bound<'_>>>],
     ) -> Result<Exec, TransientError> {
         let mut sp = tx.transaction().await.map_err(transient)?;
         let result = match self.prepare(&mut sp, sql).await {
@@ -304,7 +304,7 @@ impl Writer<'_> {
         tx: &mut Transaction<'_>,
         group: &Group,
         cols: &[Col<'_>],
-        rows: &Rows,
+        rows: &Rows<'_>,
     ) -> Result<RowsResult, TransientError> {
         if group.kind == OpKind::Delete {
             return self.run_deletes(tx, group, rows).await;
@@ -333,7 +333,7 @@ impl Writer<'_> {
         &mut self,
         tx: &mut Transaction<'_>,
         group: &Group,
-        rows: &Rows,
+        rows: &Rows<'_>,
     ) -> Result<RowsResult, TransientError> {
         let id_col = group
             .columns
@@ -352,7 +352,7 @@ impl Writer<'_> {
         &mut self,
         tx: &mut Transaction<'_>,
         sql: &str,
-        arrays: &[Vec<Option<Bound>>],
+        arrays: &[Vec<Option<Bound<'_>>>],
         count: impl FnOnce(&mut WindowOutcome),
     ) -> Result<RowsResult, TransientError> {
         Ok(match self.exec(tx, sql, arrays).await? {
@@ -374,7 +374,7 @@ impl Writer<'_> {
         tx: &mut Transaction<'_>,
         group: &Group,
         cols: &[Col<'_>],
-        rows: &Rows,
+        rows: &Rows<'_>,
         inserted: u64,
     ) -> Result<RowsResult, TransientError> {
         let replayed_before = self.out.duplicate_replayed;
@@ -421,7 +421,7 @@ impl Writer<'_> {
         tx: &mut Transaction<'_>,
         group: &Group,
         cols: &[Col<'_>],
-        one: &Rows,
+        one: &Rows<'_>,
     ) -> Result<RowsResult, TransientError> {
         if self.is_identical_replay(tx, group, cols, one).await? {
             self.out.duplicate_replayed += 1;
@@ -439,7 +439,7 @@ impl Writer<'_> {
         tx: &mut Transaction<'_>,
         group: &Group,
         cols: &[Col<'_>],
-        one: &Rows,
+        one: &Rows<'_>,
     ) -> Result<bool, TransientError> {
         let row = one.row(0);
         let row: Vec<Option<String>> = row.iter().map(|v| v.as_ref().map(Bound::to_text)).collect();
@@ -541,7 +541,7 @@ pub(crate) fn columns<'a>(group: &'a Group, meta: &'a TableMeta) -> Vec<Col<'a>>
 fn failure(
     group: &Group,
     cols: &[Col<'_>],
-    rows: &Rows,
+    rows: &Rows<'_>,
     k: usize,
     e: &tokio_postgres::Error,
 ) -> ItemFailure {
@@ -565,12 +565,12 @@ fn failure(
 
 /// Bound rows of a group, column-major (one `text[]` parameter per column), with the index of
 /// the item each row came from. Values are moved in once and never copied on the main path.
-struct Rows {
+struct Rows<'a> {
     items: Vec<usize>,
-    arrays: Vec<Vec<Option<Bound>>>,
+    arrays: Vec<Vec<Option<Bound<'a>>>>,
 }
 
-impl Rows {
+impl<'a> Rows<'a> {
     fn with_capacity(ncols: usize, nrows: usize) -> Self {
         Self {
             items: Vec::with_capacity(nrows),
@@ -578,7 +578,7 @@ impl Rows {
         }
     }
 
-    fn push(&mut self, item: usize, row: Vec<Option<Bound>>) {
+    fn push(&mut self, item: usize, row: Vec<Option<Bound<'a>>>) {
         self.items.push(item);
         for (a, v) in self.arrays.iter_mut().zip(row) {
             a.push(v);
@@ -590,12 +590,12 @@ impl Rows {
     }
 
     /// Row `k`'s values (copied: only for error reports and single-row replays).
-    fn row(&self, k: usize) -> Vec<Option<Bound>> {
+    fn row(&self, k: usize) -> Vec<Option<Bound<'a>>> {
         self.arrays.iter().map(|a| a[k].clone()).collect()
     }
 
     /// A one-row batch holding row `k`.
-    fn single(&self, k: usize) -> Rows {
+    fn single(&self, k: usize) -> Rows<'a> {
         let mut one = Rows::with_capacity(self.arrays.len(), 1);
         one.push(self.items[k], self.row(k));
         one
@@ -624,7 +624,7 @@ impl<'a> RowBinder<'a> {
     }
 
     /// The row's bound values in column order; a column the row lacks is NULL.
-    pub(crate) fn bind(&self, op: &RowOp) -> Result<Vec<Option<Bound>>, BindError> {
+    pub(crate) fn bind<'v>(&self, op: &'v RowOp) -> Result<Vec<Option<Bound<'v>>>, BindError> {
         const NULL: &CellValue = &CellValue::Null;
         let mut values = vec![NULL; self.columns.len()];
         for (name, v) in &op.columns {
@@ -678,9 +678,9 @@ mod tests {
         assert_eq!(
             binder.bind(&op).unwrap(),
             [
-                Some(Bound::Text("x".to_string())),
+                Some(Bound::Text("x".into())),
                 None,
-                Some(Bound::Text("z".to_string()))
+                Some(Bound::Text("z".into()))
             ]
         );
     }
