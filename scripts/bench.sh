@@ -11,7 +11,8 @@
 #    tables with PostgreSQL's COPY, then with 500-row INSERT ... VALUES statements (one
 #    connection each, psql), timing both and PostgreSQL's CPU;
 # 4. produces at half the measured drain rate for 20 s and reads the notification-to-commit
-#    latency percentiles from the worker's ngsiflow_commit_latency_seconds histogram.
+#    latency percentiles from the worker's ngsiflow_commit_latency_seconds histogram (after
+#    a CHECKPOINT, and before step 3's loads, so that neither writes pages meanwhile).
 # Writes target/bench/report.md and appends it to docs/benchmarks.md. NGSIFLOW_BENCH_WORKER
 # names another worker binary to measure (A/B against an older build; the workload and the
 # baseline still use this tree's binary). Uses its own broker
@@ -125,24 +126,11 @@ with open(out, 'w') as o:
             values = ',\n'.join('(' + ','.join(field(x) for x in l.split('\t')) + ')' for l in lines[k:k + 500])
             o.write(f'INSERT INTO {table} VALUES\n{values};\n')
 PY
-load() { # db script → seconds and PostgreSQL CPU seconds
-  fresh_db "$1"
-  local p0 s0 s1
-  p0=$(pg_cpu); s0=$(date +%s.%N)
-  psql -q -v ON_ERROR_STOP=1 "$PG/$1" -f "$2" >/dev/null
-  s1=$(date +%s.%N)
-  echo "$(echo "$s1 - $s0" | bc -l) $(echo "$(pg_cpu) - $p0" | bc -l)"
-}
-log "PostgreSQL COPY of the same $rows rows"
-read -r copy_secs copy_cpu < <(load ngsiflow_bench_copy "$OUT/copy.sql")
-log "PostgreSQL 500-row INSERT of the same $rows rows"
-read -r insert_secs insert_cpu < <(load ngsiflow_bench_insert "$OUT/insert.sql")
-copy_rate=$(echo "$rows / $copy_secs" | bc -l)
-insert_rate=$(echo "$rows / $insert_secs" | bc -l)
-row_rate=$(echo "$written / $secs" | bc -l)
-
 half=$(printf %.0f "$(echo "$rate / 2" | bc -l)")
 log "latency at half rate: $half notifications/s for 20 s"
+# Before the baselines load 2 x the rows into other databases, and after a checkpoint: the
+# drain's dirty pages are not written while latency is measured.
+psql "$PG_ADMIN_URL" -qc CHECKPOINT
 buckets() { curl -s "http://$ADMIN/metrics" | grep '^ngsiflow_commit_latency_seconds_bucket'; }
 buckets >"$OUT/latency0.txt"
 "$BIN" produce --brokers "$BROKER" --workload multi-tenant --first "$N" --count $((half * 20)) \
@@ -173,6 +161,22 @@ def q(p):
 print(*(f'{q(p) * 1000:.0f}' for p in (0.5, 0.95, 0.99)))
 PY
 )
+
+load() { # db script → seconds and PostgreSQL CPU seconds
+  fresh_db "$1"
+  local p0 s0 s1
+  p0=$(pg_cpu); s0=$(date +%s.%N)
+  psql -q -v ON_ERROR_STOP=1 "$PG/$1" -f "$2" >/dev/null
+  s1=$(date +%s.%N)
+  echo "$(echo "$s1 - $s0" | bc -l) $(echo "$(pg_cpu) - $p0" | bc -l)"
+}
+log "PostgreSQL COPY of the same $rows rows"
+read -r copy_secs copy_cpu < <(load ngsiflow_bench_copy "$OUT/copy.sql")
+log "PostgreSQL 500-row INSERT of the same $rows rows"
+read -r insert_secs insert_cpu < <(load ngsiflow_bench_insert "$OUT/insert.sql")
+copy_rate=$(echo "$rows / $copy_secs" | bc -l)
+insert_rate=$(echo "$rows / $insert_secs" | bc -l)
+row_rate=$(echo "$written / $secs" | bc -l)
 
 commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo '+changes')
 [ -n "${NGSIFLOW_BENCH_WORKER:-}" ] && commit="$commit (worker: $NGSIFLOW_BENCH_WORKER)"
