@@ -18,6 +18,7 @@ use tracing_subscriber::{layer::SubscriberExt, reload, util::SubscriberInitExt, 
 
 fn main() -> ExitCode {
     let cli = Cli::parse(); // exits with code 2 on invalid flags
+    disable_transparent_huge_pages();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -65,5 +66,19 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// Makes the process ineligible for transparent huge pages (Linux `prctl(PR_SET_THP_DISABLE)`,
+/// inherited by nothing else: it applies to this process's later page faults). mimalloc asks
+/// for huge pages on its arenas, and a 2 MiB page counts whole in the RSS however little of it
+/// is used: in paired benchmark drains the worker peaked at 95-98 MiB without them against
+/// 117-136 MiB with them, at the same rate and CPU. Elsewhere this does nothing.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and touches no memory of
+        // ours; a failure (an old kernel) leaves the default, which is only a larger RSS.
+        let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     }
 }
