@@ -198,7 +198,15 @@ fn record(
     let mut errors = Vec::new();
     let mut metadata_columns = Vec::new();
     for mut attr in entity.attributes {
-        let name = attr.name.to_lowercase();
+        // A name already in lower-case ASCII (most are) is moved, not copied; messages show the
+        // name as notified.
+        let moved = attr.name.is_ascii() && !attr.name.bytes().any(|b| b.is_ascii_uppercase());
+        let name = if moved {
+            std::mem::take(&mut attr.name)
+        } else {
+            attr.name.to_lowercase()
+        };
+        let notified = |name: &str| if moved { name.to_string() } else { attr.name.clone() };
         if SKIPPED.contains(&name.as_str()) {
             continue;
         }
@@ -216,7 +224,7 @@ fn record(
         if name == "recvtime" {
             errors.push(format!(
                 "attribute {:?} collides with the recvtime column",
-                attr.name
+                notified(&name)
             ));
             continue;
         }
@@ -227,7 +235,7 @@ fn record(
         let value = match attr_value(attr.ngsi_type, attr.value, opts.srid) {
             Ok(v) => v,
             Err(e) => {
-                errors.push(format!("attribute {:?}: {e}", attr.name));
+                errors.push(format!("attribute {:?}: {e}", notified(&name)));
                 continue;
             }
         };
