@@ -785,3 +785,121 @@ async fn a_newline_in_a_header_cannot_forge_a_log_line() {
         "a header value started a log line of its own:\n{logs}"
     );
 }
+
+/// double precision, timestamptz, boolean and geometry travel in PostgreSQL's binary format:
+/// the stored values are exact at the edges of their ranges, an overflow is the row's own
+/// error, and a replayed notification is recognised as identical (the replay check compares
+/// the text form of binary values).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_values_land_exactly_and_replays_stay_no_ops() {
+    let broker = Broker::start();
+    let db = TestDb::create("ngsiflow_t_wires").await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE demo.city_wire (
+                recvtime timestamptz, fiwareservicepath text, entityid text, entitytype text,
+                timeinstant timestamptz, x double precision, at timestamptz, ok boolean,
+                shape geometry, PRIMARY KEY (timeinstant, entityid))",
+        )
+        .await
+        .unwrap();
+    create_topics(&broker.addr, &["raw_historic"], 1).await;
+    let p = TestProducer::new(&broker.addr);
+    let h = headers("demo", "/city");
+    let w1 = json!({"id": "W1", "type": "Wire", "TimeInstant": ti("2026-05-01T00:00:00Z"),
+        "x": {"type": "Number", "value": 1.7976931348623157e308},
+        "at": {"type": "DateTime", "value": "1969-12-31T23:59:59.9999999Z"},
+        "ok": {"type": "Boolean", "value": false},
+        "shape": {"type": "geo:json", "value": {"type": "Point", "coordinates": [1, 2, 3]}}});
+    let w2 = json!({"id": "W2", "type": "Wire", "TimeInstant": ti("2026-05-01T00:00:01Z"),
+        "x": {"type": "Number", "value": 4.9e-324},
+        "at": {"type": "DateTime", "value": "0001-01-01T00:00:00Z"},
+        "ok": {"type": "Boolean", "value": true},
+        "shape": {"type": "geo:point", "value": "40.4, -3.7"}});
+    let overflow = r#"{"id": "W3", "type": "Wire", "TimeInstant": {"type": "DateTime", "value": "2026-05-01T00:00:02Z"}, "x": {"type": "Number", "value": 1e400}}"#;
+    let w4 = json!({"id": "W4", "type": "Wire", "TimeInstant": ti("2026-05-01T00:00:03Z"),
+        "x": {"type": "Number", "value": -0.0}});
+    p.send("raw_historic", &h, &notification(&[w1.clone(), w2]))
+        .await;
+    let mixed = format!(r#"{{"subscriptionId": "s", "data": [{overflow}, {}]}}"#, w4);
+    p.send("raw_historic", &h, &mixed).await;
+    p.send("raw_historic", &h, &notification(&[w1])).await; // a replay
+    let w5 = json!({"id": "W5", "type": "Wire", "TimeInstant": ti("2026-05-01T00:00:04Z")});
+    p.send("raw_historic", &h, &notification(&[w5])).await;
+    let _w = Worker::start(&broker.addr, &db.url, "wires", &["--flows", "historic"]);
+    assert_eq!(db.wait_count("demo.city_wire", 4, T).await, 4);
+    let errors = db.wait_error_rows("demo", 1, T).await;
+    assert_eq!(
+        errors.len(),
+        1,
+        "only the overflow fails; the replay is a no-op: {errors:?}"
+    );
+    assert!(
+        errors[0]
+            .0
+            .contains("column \"x\" is of type double precision")
+            && errors[0]
+                .0
+                .contains("is out of range for type double precision"),
+        "{errors:?}"
+    );
+    let rows = db
+        .client
+        .query(
+            "SELECT entityid, x::text, at = '1969-12-31T23:59:59.999999Z'::timestamptz,
+                    at = '0001-01-01T00:00:00Z'::timestamptz, ok, ST_AsText(shape), ST_SRID(shape)
+             FROM demo.city_wire ORDER BY entityid",
+            &[],
+        )
+        .await
+        .unwrap();
+    type Row = (
+        String,
+        Option<String>,
+        Option<bool>,
+        Option<bool>,
+        Option<bool>,
+        Option<String>,
+        Option<i32>,
+    );
+    let got: Vec<Row> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+                r.get(6),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "W1".into(),
+                Some("1.7976931348623157e+308".into()),
+                Some(true),
+                Some(false),
+                Some(false),
+                Some("POINT Z (1 2 3)".into()),
+                Some(4326)
+            ),
+            (
+                "W2".into(),
+                Some("5e-324".into()),
+                Some(false),
+                Some(true),
+                Some(true),
+                Some("POINT(-3.7 40.4)".into()),
+                Some(4326)
+            ),
+            ("W4".into(), Some("-0".into()), None, None, None, None, None),
+            ("W5".into(), None, None, None, None, None, None),
+        ],
+        "sub-microsecond digits are truncated, as the text form was"
+    );
+}
