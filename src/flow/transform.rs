@@ -206,7 +206,13 @@ fn record(
         } else {
             attr.name.to_lowercase()
         };
-        let notified = |name: &str| if moved { name.to_string() } else { attr.name.clone() };
+        let notified = |name: &str| {
+            if moved {
+                name.to_string()
+            } else {
+                attr.name.clone()
+            }
+        };
         if SKIPPED.contains(&name.as_str()) {
             continue;
         }
