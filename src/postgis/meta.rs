@@ -1,5 +1,5 @@
 //! Table metadata (does I/O: reads the catalog): each table's columns and their types, cached
-//! per connection for `METADATA_TTL` and re-read at once when a write suggests the table
+//! per connection for about `METADATA_TTL` and re-read at once when a write suggests the table
 //! changed (an unknown column, a value that does not bind, a stale-metadata SQLSTATE).
 
 use std::collections::HashMap;
@@ -13,8 +13,22 @@ use crate::route::TableRef;
 use super::bind::{ColumnKind, Wire};
 use super::{sql, transient, TransientError};
 
-/// How long a table's cached column types are trusted before they are read again.
+/// How long a table's cached column types are trusted before they are read again, on average
+/// (see [`ttl`]).
 const METADATA_TTL: Duration = Duration::from_secs(60);
+
+/// The time `table`'s metadata is trusted: between 3/4 and 5/4 of [`METADATA_TTL`], spread by
+/// the table's name. Tables first read together (every table, at start) are then not all read
+/// again by one window a minute later, one catalog query after another, which showed as a
+/// latency spike once a minute.
+fn ttl(table: &TableRef) -> Duration {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same table always gets the same spread.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    table.hash(&mut h);
+    let spread = METADATA_TTL.as_millis() as u64 / 2;
+    METADATA_TTL * 3 / 4 + Duration::from_millis(h.finish() % spread)
+}
 /// Tables cached before the cache is reset (bounds memory with many tenants).
 const MAX_CACHED_TABLES: usize = 10_000;
 
@@ -76,7 +90,7 @@ impl MetaCache {
     ) -> Result<Option<Arc<TableMeta>>, TransientError> {
         if !refresh {
             if let Some((at, m)) = self.tables.get(table) {
-                if at.elapsed() < METADATA_TTL {
+                if at.elapsed() < ttl(table) {
                     return Ok(Some(m.clone()));
                 }
             }
@@ -108,5 +122,37 @@ impl MetaCache {
         self.tables
             .insert(table.clone(), (Instant::now(), m.clone()));
         Ok(Some(m))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiries_spread_over_half_the_ttl() {
+        let ttls: Vec<Duration> = crate::workload::SERVICES
+            .iter()
+            .flat_map(|s| {
+                crate::workload::TYPES.iter().map(move |t| TableRef {
+                    schema: s.to_string(),
+                    table: format!("north_{}", t.to_lowercase()),
+                })
+            })
+            .map(|t| ttl(&t))
+            .collect();
+        assert!(ttls
+            .iter()
+            .all(|d| *d >= Duration::from_secs(45) && *d < Duration::from_secs(75)));
+        let secs: std::collections::BTreeSet<u64> = ttls.iter().map(Duration::as_secs).collect();
+        assert!(
+            secs.len() >= 8,
+            "15 tables in at least 8 different seconds: {secs:?}"
+        );
+        let t = TableRef {
+            schema: "a".into(),
+            table: "b".into(),
+        };
+        assert_eq!(ttl(&t), ttl(&t.clone()));
     }
 }
