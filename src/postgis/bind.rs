@@ -104,6 +104,22 @@ pub struct BindError {
     pub reason: String,
 }
 
+impl BindError {
+    /// The error for `value` in `column` of `column_type`, with `reason` (may be empty).
+    fn new(column: &str, column_type: &str, value: &CellValue, reason: &str) -> Self {
+        Self {
+            column: column.to_string(),
+            column_type: column_type.to_string(),
+            value: value.describe(),
+            reason: if reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {reason}")
+            },
+        }
+    }
+}
+
 /// Chooses the text bound for `value` in a column of `kind` (printed type `column_type`);
 /// `Ok(None)` is SQL NULL. PostgreSQL then casts the text to the column type.
 ///
@@ -127,16 +143,7 @@ fn text<'a>(
     column_type: &str,
     value: &'a CellValue,
 ) -> Result<Option<Cow<'a, str>>, BindError> {
-    let fail = |reason: &str| BindError {
-        column: column.to_string(),
-        column_type: column_type.to_string(),
-        value: value.describe(),
-        reason: if reason.is_empty() {
-            String::new()
-        } else {
-            format!(": {reason}")
-        },
-    };
+    let fail = |reason: &str| BindError::new(column, column_type, value, reason);
     let attr = match value {
         CellValue::Null => return Ok(None),
         CellValue::Text(s) => {
@@ -336,11 +343,9 @@ pub fn bind<'a>(
                 let lexeme = n.as_str();
                 return float8(lexeme)
                     .map(|f| Some(Bound::Float8(f)))
-                    .ok_or_else(|| BindError {
-                        column: column.to_string(),
-                        column_type: column_type.to_string(),
-                        value: value.describe(),
-                        reason: format!(": {lexeme} is out of range for type double precision"),
+                    .ok_or_else(|| {
+                        let reason = format!("{lexeme} is out of range for type double precision");
+                        BindError::new(column, column_type, value, &reason)
                     });
             }
             _ => None,
@@ -354,12 +359,7 @@ pub fn bind<'a>(
     match text(column, kind, column_type, value)? {
         None => Ok(None),
         Some(text) if wire == Wire::Text => Ok(Some(Bound::Text(text))),
-        Some(_) => Err(BindError {
-            column: column.to_string(),
-            column_type: column_type.to_string(),
-            value: value.describe(),
-            reason: String::new(),
-        }),
+        Some(_) => Err(BindError::new(column, column_type, value, "")),
     }
 }
 

@@ -441,8 +441,7 @@ impl Writer<'_> {
         cols: &[Col<'_>],
         one: &Rows<'_>,
     ) -> Result<bool, TransientError> {
-        let row = one.row(0);
-        let row: Vec<Option<String>> = row.iter().map(|v| v.as_ref().map(Bound::to_text)).collect();
+        let row = one.row_text(0);
         let compare: Vec<(Col<'_>, &Option<String>)> = cols
             .iter()
             .cloned()
@@ -545,11 +544,7 @@ fn failure(
     k: usize,
     e: &tokio_postgres::Error,
 ) -> ItemFailure {
-    let values: Vec<Option<String>> = rows
-        .row(k)
-        .iter()
-        .map(|v| v.as_ref().map(Bound::to_text))
-        .collect();
+    let values = rows.row_text(k);
     let query = if group.kind == OpKind::Delete {
         sql::readable_delete(&group.target, values[0].as_deref().unwrap_or(""))
     } else {
@@ -592,6 +587,14 @@ impl<'a> Rows<'a> {
     /// Row `k`'s values (copied: only for error reports and single-row replays).
     fn row(&self, k: usize) -> Vec<Option<Bound<'a>>> {
         self.arrays.iter().map(|a| a[k].clone()).collect()
+    }
+
+    /// Row `k`'s values as text (readable statements, the identical-replay check).
+    fn row_text(&self, k: usize) -> Vec<Option<String>> {
+        self.arrays
+            .iter()
+            .map(|a| a[k].as_ref().map(Bound::to_text))
+            .collect()
     }
 
     /// A one-row batch holding row `k`.
