@@ -1,10 +1,12 @@
 //! The generic flow loop, one per flow (does I/O through the Kafka edge and the PostGIS sink):
 //! receive → `intake` (decode, transform, bad records to the error log) → `window` → flush,
-//! and a flush is write → dead letters → commit → report. Never a task per message.
+//! and a flush is write → dead letters → commit → report. Never a task per message. What the
+//! consumer has fetched already is read ahead before a write and decoded during it (`ahead`).
 //!
 //! Offsets are committed only after the window's transaction committed and every dead-letter
 //! copy was acknowledged, so a crash re-reads at most the uncommitted window (see the crate doc).
 
+pub(crate) mod ahead;
 pub(crate) mod dead_letters;
 pub(crate) mod handle;
 pub(crate) mod inbound;
@@ -13,7 +15,6 @@ pub(crate) mod locked;
 pub(crate) mod ports;
 pub(crate) mod window;
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::postgis::error::ErrorClass;
 use crate::postgis::{WindowOutcome, WindowWrite};
+use ahead::{alongside, ReadAhead};
 use handle::{FlowHandle, Outcome};
 use inbound::Inbound;
 use intake::{intake, IntakeSettings};
@@ -102,16 +104,17 @@ where
         let _running = RunningGuard(self.handle.clone());
         tracing::info!(flow = %spec.name, topic = %spec.topic, group = %spec.group, "flow started");
         let mut window = FlushWindow::default();
-        let mut held: VecDeque<Inbound> = VecDeque::new();
+        let mut held = ReadAhead::default();
         loop {
-            if let Some(m) = held.pop_front() {
-                self.add(&mut window, m);
+            if let Some((m, received, decoded)) = held.pop(&self.settings) {
+                window.add(m, received, decoded);
             } else {
                 let deadline = tokio::time::Instant::from_std(self.flush_deadline(&window));
                 tokio::select! {
                     biased;
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep_until(deadline), if !window.is_empty() => {
+                        self.read_ahead(&mut window, &mut held);
                         if !self.flush(&mut window, &mut held, &cancel).await {
                             break;
                         }
@@ -138,8 +141,11 @@ where
             }
             let full = window.new_record_count() >= self.batch_size
                 || window.new_message_count() >= self.batch_size;
-            if full && !self.flush(&mut window, &mut held, &cancel).await {
-                break;
+            if full {
+                self.read_ahead(&mut window, &mut held);
+                if !self.flush(&mut window, &mut held, &cancel).await {
+                    break;
+                }
             }
         }
         self.shutdown(&mut window, shutdown_grace).await;
@@ -157,7 +163,7 @@ where
                     token.cancel();
                 }
             });
-            if self.flush(window, &mut VecDeque::new(), &token).await {
+            if self.flush(window, &mut ReadAhead::default(), &token).await {
                 tracing::info!(flow = %self.flow(), "final window committed");
             }
             timer.abort();
@@ -182,13 +188,36 @@ where
         window.add(record, Instant::now(), decoded);
     }
 
+    /// Before a write: takes what the consumer has fetched already, without waiting, up to a
+    /// window's worth of messages, so that it is decoded while the window is written.
+    fn read_ahead(&mut self, window: &mut FlushWindow, held: &mut ReadAhead) {
+        use futures::FutureExt;
+        while held.len() < self.batch_size {
+            match self.consumer.recv().now_or_never() {
+                Some(Ok(m)) => {
+                    // As in the loop: a rebalance may have been served inside recv().
+                    self.drop_revoked(window, held);
+                    if self.holding_back {
+                        self.consumer.pause_all();
+                    }
+                    held.push(m);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(flow = %self.flow(), error = %e, "kafka consumer error");
+                    return;
+                }
+                None => return,
+            }
+        }
+    }
+
     /// Flushes the window: write → dead letters → commit → report. Returns false when
     /// cancelled before the offsets could be committed (the caller stops; the window is re-read
     /// at the next start, and not written twice if it is flushed again here).
     async fn flush(
         &mut self,
         window: &mut FlushWindow,
-        held: &mut VecDeque<Inbound>,
+        held: &mut ReadAhead,
         cancel: &CancellationToken,
     ) -> bool {
         if window.written().is_none() {
@@ -245,7 +274,7 @@ where
     async fn hold_back_while_locked(
         &mut self,
         window: &mut FlushWindow,
-        held: &mut VecDeque<Inbound>,
+        held: &mut ReadAhead,
         cancel: &CancellationToken,
     ) -> bool {
         if !Self::over_bound(window, self.batch_size) {
@@ -357,7 +386,7 @@ where
     async fn write(
         &mut self,
         window: &FlushWindow,
-        held: &mut VecDeque<Inbound>,
+        held: &mut ReadAhead,
         cancel: &CancellationToken,
     ) -> Retry {
         let flow = self.flow().to_string();
@@ -391,7 +420,8 @@ where
             };
             self.handle
                 .set_write_started(Some(Utc::now().timestamp_millis()));
-            let written = self.sink.write_window(w).await;
+            // The messages read ahead are decoded while the database works.
+            let written = alongside(self.sink.write_window(w), held.decode(&self.settings)).await;
             self.handle.set_write_started(None);
             let e = match written {
                 Ok(o) => {
@@ -450,7 +480,7 @@ where
     async fn wait_serving_consumer(
         &self,
         delay: Duration,
-        held: &mut VecDeque<Inbound>,
+        held: &mut ReadAhead,
         cancel: &CancellationToken,
     ) -> Option<Retry> {
         let sleep = tokio::time::sleep(delay);
@@ -461,7 +491,7 @@ where
                 _ = cancel.cancelled() => return Some(Retry::Cancelled),
                 r = self.consumer.recv() => {
                     if let Ok(m) = r {
-                        held.push_back(m);
+                        held.push(m);
                         // A message while paused comes from a partition assigned since the
                         // pause (assignments start unpaused): pause it too, so what is held
                         // stays bounded by the prefetch.
@@ -478,13 +508,12 @@ where
     /// Drops the messages of revoked partitions from the window (and the held queue): their
     /// new owner re-reads them from the committed offset, and writing them here too could
     /// apply an older record after a newer one. The rest of the window stays as decoded.
-    fn drop_revoked(&mut self, window: &mut FlushWindow, held: &mut VecDeque<Inbound>) {
+    fn drop_revoked(&mut self, window: &mut FlushWindow, held: &mut ReadAhead) {
         let revoked: Vec<i32> = match self.handle.status().revoked.lock() {
             Ok(mut r) if !r.is_empty() => std::mem::take(&mut *r),
             _ => return,
         };
-        held.retain(|m| !revoked.contains(&m.partition));
-        let dropped = window.drop_partitions(&revoked);
+        let dropped = held.drop_partitions(&revoked) + window.drop_partitions(&revoked);
         if dropped > 0 {
             tracing::info!(flow = %self.flow(), partitions = ?revoked, dropped, "partitions revoked: their uncommitted messages are left to the new owner");
         }

@@ -207,6 +207,8 @@ struct Case {
     transient: usize,
     locked_calls: usize,
     revoke_at: Option<((i32, i64), i32)>,
+    /// Messages per window.
+    batch_size: usize,
     /// Entity ids written, in order.
     written: &'static [&'static str],
     error_rows: usize,
@@ -235,7 +237,8 @@ async fn run_case(case: Case) {
     };
     let dead_letters = FakeDeadLetters::default();
     let handle = FlowHandle::new(&spec.name, metrics.clone(), status.clone());
-    let processor = flow_loop(consumer.clone(), sink.clone(), dead_letters.clone(), handle);
+    let mut processor = flow_loop(consumer.clone(), sink.clone(), dead_letters.clone(), handle);
+    processor.batch_size = case.batch_size;
     let cancel = CancellationToken::new();
     let task = tokio::spawn(processor.run(cancel.clone(), Duration::from_secs(1)));
     let want: BTreeMap<i32, i64> = case.committed.iter().copied().collect();
@@ -299,6 +302,7 @@ async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
             transient: 0,
             locked_calls: 1,
             revoke_at: None,
+            batch_size: 100,
             written: &["A", "B", "C", "L1", "L2"],
             error_rows: 0,
             dead_letter_offsets: &[],
@@ -318,6 +322,7 @@ async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
             transient: 0,
             locked_calls: 0,
             revoke_at: None,
+            batch_size: 100,
             written: &["A", "B", "C"],
             error_rows: 0,
             dead_letter_offsets: &[],
@@ -335,6 +340,7 @@ async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
             transient: 0,
             locked_calls: 0,
             revoke_at: None,
+            batch_size: 100,
             written: &["A"],
             error_rows: 1,
             dead_letter_offsets: &["0"],
@@ -352,6 +358,7 @@ async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
             transient: 0,
             locked_calls: 0,
             revoke_at: None,
+            batch_size: 100,
             written: &["A", "B"],
             error_rows: 1,
             dead_letter_offsets: &["5"],
@@ -366,6 +373,7 @@ async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
             transient: 0,
             locked_calls: 0,
             revoke_at: None,
+            batch_size: 100,
             written: &["N"],
             error_rows: 0,
             dead_letter_offsets: &[],
@@ -384,10 +392,55 @@ async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
             transient: 0,
             locked_calls: 0,
             revoke_at: Some(((0, 1), 1)),
+            batch_size: 100,
             written: &["A", "C"],
             error_rows: 0,
             dead_letter_offsets: &[],
             committed: &[(0, 2)],
+            replayed: 0,
+        },
+        Case {
+            name: "full windows read the next messages ahead, a bad one among them",
+            input: vec![
+                record(0, 0, &notification(&["A"])),
+                record(0, 1, &notification(&["B"])),
+                record(0, 2, &notification(&["C"])),
+                record(0, 3, "{bad"),
+                record(0, 4, &notification(&["D"])),
+            ],
+            rejects: &[],
+            stored: &[],
+            transient: 0,
+            locked_calls: 0,
+            revoke_at: None,
+            batch_size: 2,
+            written: &["A", "B", "C", "D"],
+            error_rows: 1,
+            dead_letter_offsets: &["3"],
+            committed: &[(0, 5)],
+            replayed: 0,
+        },
+        Case {
+            // C is read ahead of the first window's write; the rebalance served in that recv
+            // takes B out of the window before it is written. D comes after the revocation
+            // (from the new assignment) and stays.
+            name: "a partition revoked while reading ahead",
+            input: vec![
+                record(0, 0, &notification(&["A"])),
+                record(1, 0, &notification(&["B"])),
+                record(0, 1, &notification(&["C"])),
+                record(1, 1, &notification(&["D"])),
+            ],
+            rejects: &[],
+            stored: &[],
+            transient: 0,
+            locked_calls: 0,
+            revoke_at: Some(((0, 1), 1)),
+            batch_size: 2,
+            written: &["A", "C", "D"],
+            error_rows: 0,
+            dead_letter_offsets: &[],
+            committed: &[(0, 2), (1, 2)],
             replayed: 0,
         },
         Case {
@@ -398,6 +451,7 @@ async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
             transient: 2,
             locked_calls: 0,
             revoke_at: None,
+            batch_size: 100,
             written: &["A"],
             error_rows: 1,
             dead_letter_offsets: &["41"],
