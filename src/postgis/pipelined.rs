@@ -68,11 +68,10 @@ impl Writer<'_> {
         let mut arrays: Vec<Vec<Option<Bound<'_>>>> = (0..group.columns.len())
             .map(|_| Vec::with_capacity(group.items.len()))
             .collect();
-        let binder = RowBinder::new(&group.columns, &meta);
+        let mut binder = RowBinder::new(&group.columns, &meta);
         for &i in &group.items {
-            let row = binder.bind(&items[i].op).map_err(|_| Fast::Careful)?;
-            for (a, v) in arrays.iter_mut().zip(row) {
-                a.push(v);
+            for (a, v) in arrays.iter_mut().zip(binder.cells(&items[i].op)) {
+                a.push(v.map_err(|_| Fast::Careful)?);
             }
         }
         let sql = if group.kind == OpKind::Delete {
