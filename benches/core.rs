@@ -145,13 +145,17 @@ fn held_per_record(batch: &[(&FlowSpec, &Headers, &[u8])], opts: &TransformOptio
     let before = HELD.load(Ordering::Relaxed);
     let mut held: Vec<(Vec<u8>, Headers, Vec<RowOp>)> = Vec::with_capacity(batch.len());
     let vec_bytes = HELD.load(Ordering::Relaxed) - before;
+    let mut ops_bytes = 0;
     for (spec, headers, payload) in batch {
         let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, &v[..])).collect();
+        let start = HELD.load(Ordering::Relaxed);
         let n = decode(Some(payload), &pairs).expect("decodes");
         let ops: Vec<RowOp> = transform(spec, n, Utc::now(), opts)
             .into_iter()
             .flatten()
             .collect();
+        ops_bytes += HELD.load(Ordering::Relaxed) - start + std::mem::size_of::<Vec<RowOp>>();
+        drop(pairs);
         held.push((payload.to_vec(), (*headers).clone(), ops));
     }
     let bytes = HELD.load(Ordering::Relaxed) - before - vec_bytes
@@ -160,9 +164,10 @@ fn held_per_record(batch: &[(&FlowSpec, &Headers, &[u8])], opts: &TransformOptio
     let payload: usize = held.iter().map(|h| h.0.len()).sum();
     let line = format!(
         "\nHeld per in-flight record (message + row operation, multi-tenant workload, {records} records): \
-         {} bytes, of which {} bytes of message value.\n",
+         {} bytes, of which {} bytes of message value and {} bytes of row operation.\n",
         bytes / records,
-        payload / records
+        payload / records,
+        ops_bytes / records
     );
     print!("{line}");
     drop(held);

@@ -11,7 +11,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::FlowContext;
-use crate::pipeline::inbound::Inbound;
+use crate::pipeline::inbound::{Inbound, RecordHeaders};
 use crate::pipeline::ports::{OffsetCommitter, Source};
 
 /// The consumer settings of a flow: its group, manual offset commits, the earliest offset for
@@ -89,15 +89,20 @@ fn inbound(m: &BorrowedMessage<'_>) -> Inbound {
 /// rdkafka panics on a header name that is not UTF-8 (it unwraps the conversion); such a
 /// record is bad input, so the panic is contained here and reported as an error instead of
 /// killing the flow.
-fn headers(m: &BorrowedMessage<'_>) -> Result<Vec<(String, Vec<u8>)>, String> {
+fn headers(m: &BorrowedMessage<'_>) -> Result<RecordHeaders, String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        m.headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default()
+        let Some(h) = m.headers() else {
+            return RecordHeaders::default();
+        };
+        let bytes = h
+            .iter()
+            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+            .sum();
+        let mut out = RecordHeaders::with_capacity(h.count(), bytes);
+        for h in h.iter() {
+            out.push(h.key, h.value.unwrap_or_default());
+        }
+        out
     }))
     .map_err(|_| "record has a header whose name is not UTF-8".to_string())
 }

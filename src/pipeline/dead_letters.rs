@@ -25,7 +25,10 @@ fn dead_letter(window: &FlushWindow, f: &Failure, flow: &str, topic: &str) -> De
         (_, p) => p.clone(),
     };
     // Original headers are copied only when readable.
-    let mut headers: Vec<(String, Vec<u8>)> = m.headers.clone().unwrap_or_default();
+    let mut headers: Vec<(String, Vec<u8>)> = match &m.headers {
+        Ok(h) => h.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect(),
+        Err(_) => Vec::new(),
+    };
     let error = truncate(f.error.clone(), MAX_ERROR_HEADER_CHARS);
     headers.push((dlh::FLOW.into(), flow.as_bytes().to_vec()));
     headers.push((dlh::ERROR.into(), error.into_bytes()));

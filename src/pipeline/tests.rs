@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::handle::FlowHandle;
-use super::inbound::Inbound;
+use super::inbound::{Inbound, RecordHeaders};
 use super::intake::IntakeSettings;
 use super::ports::{DeadLetterSink, OffsetCommitter, Source, WindowSink};
 use super::FlowProcessor;
@@ -153,10 +153,10 @@ pub(super) fn record(partition: i32, offset: i64, payload: &str) -> Inbound {
         offset,
         key: None,
         payload: Some(payload.as_bytes().to_vec()),
-        headers: Ok(vec![
-            ("Fiware-Service".into(), b"demo".to_vec()),
-            ("Fiware-Servicepath".into(), b"/city".to_vec()),
-        ]),
+        headers: Ok(RecordHeaders::from_pairs([
+            ("Fiware-Service", &b"demo"[..]),
+            ("Fiware-Servicepath", b"/city"),
+        ])),
     }
 }
 

@@ -452,6 +452,7 @@ mod tests {
     use super::*;
     use crate::flow::shipped_flow;
     use crate::flow::transform::TransformOptions;
+    use crate::pipeline::inbound::RecordHeaders;
     use crate::pipeline::intake::{intake, IntakeSettings};
     use crate::pipeline::tests::{notification, record};
     use chrono::TimeZone;
@@ -654,10 +655,10 @@ mod tests {
             .enumerate()
         {
             let r = Inbound {
-                headers: Ok(vec![(
-                    "__connect.errors.topic".into(),
-                    topic.as_bytes().to_vec(),
-                )]),
+                headers: Ok(RecordHeaders::from_pairs([(
+                    "__connect.errors.topic",
+                    topic.as_bytes(),
+                )])),
                 ..record(0, i as i64, "{}")
             };
             let d = intake(&s, &r, now);
