@@ -174,6 +174,7 @@ pub async fn run(
             dead_letters: dead_letters.clone(),
             handle,
             batch_size: args.batch_size as usize,
+            read_ahead: args.read_ahead as usize,
             linger: Duration::from_millis(args.linger_ms),
             max_backoff: Duration::from_millis(args.retry_max_backoff_ms),
             locked: Default::default(),

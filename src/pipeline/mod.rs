@@ -46,6 +46,8 @@ pub(crate) struct FlowProcessor<C, S, D> {
     pub(crate) handle: FlowHandle,
     /// Records (or messages) per flush window.
     pub(crate) batch_size: usize,
+    /// Most messages read ahead of a window write (decoded during it).
+    pub(crate) read_ahead: usize,
     /// Longest wait before a non-full window is flushed.
     pub(crate) linger: Duration,
     /// Longest pause between database retries.
@@ -188,11 +190,11 @@ where
         window.add(record, Instant::now(), decoded);
     }
 
-    /// Before a write: takes what the consumer has fetched already, without waiting, up to a
-    /// window's worth of messages, so that it is decoded while the window is written.
+    /// Before a write: takes what the consumer has fetched already, without waiting, up to
+    /// `read_ahead` messages, so that they are decoded while the window is written.
     fn read_ahead(&mut self, window: &mut FlushWindow, held: &mut ReadAhead) {
         use futures::FutureExt;
-        while held.len() < self.batch_size {
+        while held.len() < self.read_ahead {
             match self.consumer.recv().now_or_never() {
                 Some(Ok(m)) => {
                     // As in the loop: a rebalance may have been served inside recv().

@@ -192,6 +192,7 @@ fn flow_loop<D>(
         dead_letters,
         handle,
         batch_size: 100,
+        read_ahead: 100,
         linger: Duration::from_millis(10),
         max_backoff: Duration::from_millis(20),
         locked: Default::default(),
@@ -209,6 +210,8 @@ struct Case {
     revoke_at: Option<((i32, i64), i32)>,
     /// Messages per window.
     batch_size: usize,
+    /// Messages read ahead of a write.
+    read_ahead: usize,
     /// Entity ids written, in order.
     written: &'static [&'static str],
     error_rows: usize,
@@ -239,6 +242,7 @@ async fn run_case(case: Case) {
     let handle = FlowHandle::new(&spec.name, metrics.clone(), status.clone());
     let mut processor = flow_loop(consumer.clone(), sink.clone(), dead_letters.clone(), handle);
     processor.batch_size = case.batch_size;
+    processor.read_ahead = case.read_ahead;
     let cancel = CancellationToken::new();
     let task = tokio::spawn(processor.run(cancel.clone(), Duration::from_secs(1)));
     let want: BTreeMap<i32, i64> = case.committed.iter().copied().collect();
@@ -303,6 +307,7 @@ async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
             locked_calls: 1,
             revoke_at: None,
             batch_size: 100,
+            read_ahead: 100,
             written: &["A", "B", "C", "L1", "L2"],
             error_rows: 0,
             dead_letter_offsets: &[],
@@ -323,6 +328,7 @@ async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
             locked_calls: 0,
             revoke_at: None,
             batch_size: 100,
+            read_ahead: 100,
             written: &["A", "B", "C"],
             error_rows: 0,
             dead_letter_offsets: &[],
@@ -341,6 +347,7 @@ async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
             locked_calls: 0,
             revoke_at: None,
             batch_size: 100,
+            read_ahead: 100,
             written: &["A"],
             error_rows: 1,
             dead_letter_offsets: &["0"],
@@ -359,6 +366,7 @@ async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
             locked_calls: 0,
             revoke_at: None,
             batch_size: 100,
+            read_ahead: 100,
             written: &["A", "B"],
             error_rows: 1,
             dead_letter_offsets: &["5"],
@@ -374,6 +382,7 @@ async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
             locked_calls: 0,
             revoke_at: None,
             batch_size: 100,
+            read_ahead: 100,
             written: &["N"],
             error_rows: 0,
             dead_letter_offsets: &[],
@@ -393,6 +402,7 @@ async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
             locked_calls: 0,
             revoke_at: Some(((0, 1), 1)),
             batch_size: 100,
+            read_ahead: 100,
             written: &["A", "C"],
             error_rows: 0,
             dead_letter_offsets: &[],
@@ -414,6 +424,7 @@ async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
             locked_calls: 0,
             revoke_at: None,
             batch_size: 2,
+            read_ahead: 2,
             written: &["A", "B", "C", "D"],
             error_rows: 1,
             dead_letter_offsets: &["3"],
@@ -437,7 +448,31 @@ async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
             locked_calls: 0,
             revoke_at: Some(((0, 1), 1)),
             batch_size: 2,
+            read_ahead: 2,
             written: &["A", "C", "D"],
+            error_rows: 0,
+            dead_letter_offsets: &[],
+            committed: &[(0, 2), (1, 2)],
+            replayed: 0,
+        },
+        Case {
+            // The same input without read-ahead: B is written before C's recv serves the
+            // revocation.
+            name: "a partition revoked after a write, without read-ahead",
+            input: vec![
+                record(0, 0, &notification(&["A"])),
+                record(1, 0, &notification(&["B"])),
+                record(0, 1, &notification(&["C"])),
+                record(1, 1, &notification(&["D"])),
+            ],
+            rejects: &[],
+            stored: &[],
+            transient: 0,
+            locked_calls: 0,
+            revoke_at: Some(((0, 1), 1)),
+            batch_size: 2,
+            read_ahead: 0,
+            written: &["A", "B", "C", "D"],
             error_rows: 0,
             dead_letter_offsets: &[],
             committed: &[(0, 2), (1, 2)],
@@ -452,6 +487,7 @@ async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
             locked_calls: 0,
             revoke_at: None,
             batch_size: 100,
+            read_ahead: 100,
             written: &["A"],
             error_rows: 1,
             dead_letter_offsets: &["41"],
