@@ -18,7 +18,7 @@ fn cell(v: &CellValue) -> Value {
         CellValue::Instant(t) => json!({"instant": to_rfc3339_micros(t)}),
         CellValue::Attr(a) => json!({
             "ngsi_type": a.ngsi_type,
-            "value": a.value,
+            "value": a.value.to_json(),
             "instant": a.instant.as_ref().map(to_rfc3339_micros),
             "ewkb": a.ewkb.as_ref().map(hex::encode),
         }),

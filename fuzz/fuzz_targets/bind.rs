@@ -71,25 +71,22 @@ fn attr_cell(ngsi_type: Option<&str>, value: Json) -> Option<CellValue> {
     if value.is_null() {
         return Some(CellValue::Null);
     }
-    let mut out = AttrValue {
-        ngsi_type: ngsi_type.map(str::to_string),
-        value,
-        instant: None,
-        ewkb: None,
-    };
+    let (mut instant, mut ewkb) = (None, None);
     if let Some(ty) = ngsi_type {
         if geo::is_geo_type(ty) {
-            let ewkb = geo::to_ewkb(ty, &out.value, 4326).ok()?;
-            assert!(!ewkb.is_empty(), "empty EWKB for {ty} {}", out.value);
-            out.ewkb = Some(Arc::from(ewkb));
+            let e = geo::to_ewkb(ty, &value, 4326).ok()?;
+            assert!(!e.is_empty(), "empty EWKB for {ty} {value}");
+            ewkb = Some(Arc::from(e));
         } else if ty.eq_ignore_ascii_case("DateTime") || ty.eq_ignore_ascii_case("ISO8601") {
-            out.instant = out
-                .value
-                .as_str()
-                .and_then(|s| time::parse_datetime(s).ok());
+            instant = value.as_str().and_then(|s| time::parse_datetime(s).ok());
         }
     }
-    Some(CellValue::Attr(out))
+    Some(CellValue::Attr(AttrValue {
+        ngsi_type: ngsi_type.map(str::to_string),
+        value: value.into(),
+        instant,
+        ewkb,
+    }))
 }
 
 fuzz_target!(|data: &[u8]| {

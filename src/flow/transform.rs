@@ -363,7 +363,7 @@ fn metadata_column(
     check_identifier(&column).map_err(|e| format!("metadata column: {e}"))?;
     let value = AttrValue {
         ngsi_type: Some("StructuredValue".into()),
-        value: serde_json::Value::Object(md),
+        value: serde_json::Value::Object(md).into(),
         instant: None,
         ewkb: None,
     };
@@ -378,24 +378,21 @@ fn attr_value(
     if value.is_null() {
         return Ok(CellValue::Null);
     }
-    let mut out = AttrValue {
-        ngsi_type,
-        value,
-        instant: None,
-        ewkb: None,
-    };
-    if let Some(ty) = out.ngsi_type.as_deref() {
+    let (mut instant, mut ewkb) = (None, None);
+    if let Some(ty) = ngsi_type.as_deref() {
         if geo::is_geo_type(ty) {
-            let ewkb = geo::to_ewkb(ty, &out.value, srid).map_err(|e| e.to_string())?;
-            out.ewkb = Some(Arc::from(ewkb));
+            let e = geo::to_ewkb(ty, &value, srid).map_err(|e| e.to_string())?;
+            ewkb = Some(Arc::from(e));
         } else if ty.eq_ignore_ascii_case("DateTime") || ty.eq_ignore_ascii_case("ISO8601") {
-            out.instant = out
-                .value
-                .as_str()
-                .and_then(|s| time::parse_datetime(s).ok());
+            instant = value.as_str().and_then(|s| time::parse_datetime(s).ok());
         }
     }
-    Ok(CellValue::Attr(out))
+    Ok(CellValue::Attr(AttrValue {
+        ngsi_type,
+        value: value.into(),
+        instant,
+        ewkb,
+    }))
 }
 
 /// An error-log row taken from a Kafka Connect dead-letter record (the `errors` flow).
@@ -702,12 +699,12 @@ mod tests {
         let CellValue::Attr(t) = op.get("temp").unwrap() else {
             panic!()
         };
-        assert_eq!(t.value, serde_json::json!(2));
+        assert_eq!(t.value, serde_json::json!(2).into());
         assert!(op.get("temp-c").is_some());
         let CellValue::Attr(ty) = op.get("entitytype").unwrap() else {
             panic!()
         };
-        assert_eq!(ty.value, serde_json::json!("Override"));
+        assert_eq!(ty.value, serde_json::json!("Override").into());
     }
 
     fn run_with(
@@ -831,7 +828,7 @@ mod tests {
             Some(CellValue::Attr(a)) => {
                 assert_eq!(
                     a.value,
-                    serde_json::json!({"unitCode": {"type": "Text", "value": "CEL"}})
+                    serde_json::json!({"unitCode": {"type": "Text", "value": "CEL"}}).into()
                 )
             }
             other => panic!("{other:?}"),

@@ -31,12 +31,130 @@ pub enum CellValue {
 pub struct AttrValue {
     /// NGSI attribute type, when notified.
     pub ngsi_type: Option<String>,
-    /// The JSON value as notified (numbers keep their lexeme).
-    pub value: Json,
+    /// The JSON value as notified (numbers keep their lexeme; objects and arrays as text).
+    pub value: AttrJson,
     /// Parsed instant for `DateTime`/`ISO8601` values that parse.
     pub instant: Option<DateTime<Utc>>,
     /// EWKB for geo types (shared: cloned rows do not copy it).
     pub ewkb: Option<Arc<[u8]>>,
+}
+
+/// An attribute's JSON value as a record keeps it until its window commits: a scalar as
+/// parsed (a number keeps its lexeme), an object or array as its compact JSON text, which is
+/// what a json, jsonb or text column receives. Geometries are derived (EWKB) before the tree is
+/// dropped. A `serde_json::Value` tree took 72 bytes per node plus its maps, several times the
+/// text (a GeoJSON point: about 500 bytes against 45).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttrJson {
+    /// `null`.
+    Null,
+    /// `true` or `false`.
+    Bool(bool),
+    /// A number, with its lexeme.
+    Number(serde_json::Number),
+    /// A string.
+    String(String),
+    /// An object or array, as compact JSON text (as `serde_json` writes it).
+    Composite(Box<str>),
+}
+
+impl From<Json> for AttrJson {
+    fn from(v: Json) -> Self {
+        match v {
+            Json::Null => Self::Null,
+            Json::Bool(b) => Self::Bool(b),
+            Json::Number(n) => Self::Number(n),
+            Json::String(s) => Self::String(s),
+            composite => Self::Composite(compact_text(&composite)),
+        }
+    }
+}
+
+/// The compact JSON text of `v`, in one allocation of its exact size: written into a buffer
+/// kept per thread, then copied (a `String` grown while writing would carry up to twice its
+/// length, or cost a reallocation to shrink).
+fn compact_text(v: &Json) -> Box<str> {
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUFFER.with_borrow_mut(|buf| {
+        buf.clear();
+        // Writing a Value into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *buf, v);
+        let text = std::str::from_utf8(buf).unwrap_or_default();
+        let boxed = Box::from(text);
+        // A rare huge value does not stay allocated with the thread.
+        if buf.capacity() > 1 << 20 {
+            *buf = Vec::new();
+        }
+        boxed
+    })
+}
+
+impl std::fmt::Display for AttrJson {
+    /// The JSON text, as [`AttrJson::json_text`].
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.json_text())
+    }
+}
+
+impl AttrJson {
+    /// True for `null`.
+    pub fn is_null(&self) -> bool {
+        matches!(self, Self::Null)
+    }
+
+    /// True for a number.
+    pub fn is_number(&self) -> bool {
+        matches!(self, Self::Number(_))
+    }
+
+    /// True for a whole number that fits `i64` or `u64`.
+    pub fn is_whole(&self) -> bool {
+        matches!(self, Self::Number(n) if n.is_i64() || n.is_u64())
+    }
+
+    /// True for `true` or `false`.
+    pub fn is_boolean(&self) -> bool {
+        matches!(self, Self::Bool(_))
+    }
+
+    /// True for an object or array.
+    pub fn is_composite(&self) -> bool {
+        matches!(self, Self::Composite(_))
+    }
+
+    /// The boolean, when it is one.
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Self::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    /// The JSON text of the value (a string quoted and escaped), borrowed where it is kept as
+    /// text.
+    pub fn json_text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Self::Composite(s) => std::borrow::Cow::Borrowed(s),
+            Self::Number(n) => std::borrow::Cow::Borrowed(n.as_str()),
+            Self::Null => "null".into(),
+            Self::Bool(b) => b.to_string().into(),
+            Self::String(s) => Json::String(s.clone()).to_string().into(),
+        }
+    }
+
+    /// The value as a `serde_json::Value` (an object or array parsed again).
+    pub fn to_json(&self) -> Json {
+        match self {
+            Self::Null => Json::Null,
+            Self::Bool(b) => Json::Bool(*b),
+            Self::Number(n) => Json::Number(n.clone()),
+            Self::String(s) => Json::String(s.clone()),
+            // Written by serde_json from a Value: it reads back.
+            Self::Composite(s) => serde_json::from_str(s).unwrap_or(Json::Null),
+        }
+    }
 }
 
 impl CellValue {
@@ -48,7 +166,7 @@ impl CellValue {
             CellValue::Instant(t) => format!("timestamp {}", to_rfc3339_micros(t)),
             CellValue::Attr(a) => format!(
                 "value {} (NGSI type {})",
-                truncate(a.value.to_string(), DESCRIBE_CHARS),
+                truncate(a.value.json_text().into_owned(), DESCRIBE_CHARS),
                 a.ngsi_type.as_deref().unwrap_or("none")
             ),
         }
@@ -62,9 +180,9 @@ impl CellValue {
             CellValue::Text(s) => Some(s.clone()),
             CellValue::Instant(t) => Some(to_rfc3339_micros(t)),
             CellValue::Attr(a) => match &a.value {
-                Json::Null => None,
-                Json::String(s) => Some(s.clone()),
-                other => Some(other.to_string()),
+                AttrJson::Null => None,
+                AttrJson::String(s) => Some(s.clone()),
+                other => Some(other.json_text().into_owned()),
             },
         }
     }
@@ -72,5 +190,39 @@ impl CellValue {
     /// True when the value is rendered unquoted (a JSON number or boolean) in readable SQL.
     pub fn is_bare_literal(&self) -> bool {
         matches!(self, CellValue::Attr(a) if a.value.is_number() || a.value.is_boolean())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attribute_json_keeps_what_the_tree_said() {
+        let values: Vec<Json> = [
+            r#"null"#,
+            r#"true"#,
+            r#"-0.000100"#,
+            r#"123456789012345678901234567890"#,
+            r#""quote \" newline \n é \u0001""#,
+            r#"{"z": 1, "a": [1.50, {"b": null}], "é": "x"}"#,
+            r#"[]"#,
+            r#"{"type": "Point", "coordinates": [-3.70, 40.41]}"#,
+        ]
+        .iter()
+        .map(|s| serde_json::from_str(s).unwrap())
+        .collect();
+        for v in values {
+            let kept = AttrJson::from(v.clone());
+            // The text a column receives is serde_json's own, key order and lexemes included.
+            assert_eq!(kept.json_text(), v.to_string(), "{v}");
+            assert_eq!(kept.to_string(), v.to_string());
+            assert_eq!(kept.to_json(), v);
+            assert_eq!(kept.is_composite(), v.is_object() || v.is_array());
+            assert_eq!(kept.is_null(), v.is_null());
+            assert_eq!(kept.is_number(), v.is_number());
+            assert_eq!(kept.as_bool(), v.as_bool());
+            assert_eq!(kept.is_whole(), v.is_i64() || v.is_u64());
+        }
     }
 }

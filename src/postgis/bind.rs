@@ -21,7 +21,7 @@ use serde_json::Value as Json;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 use crate::ngsi::time::to_rfc3339_micros;
-use crate::ngsi::value::CellValue;
+use crate::ngsi::value::{AttrJson, CellValue};
 
 /// The family of a PostgreSQL column type, from `pg_type.typname` (base type of a domain).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,24 +178,24 @@ fn text<'a>(
                 "not an ISO 8601 date-time of NGSI type DateTime or ISO8601",
             )),
         },
-        ColumnKind::Json | ColumnKind::Jsonb => Ok(Some(attr.value.to_string().into())),
+        ColumnKind::Json | ColumnKind::Jsonb => Ok(Some(attr.value.json_text())),
         ColumnKind::Boolean => match &attr.value {
-            Json::Bool(b) => Ok(Some(b.to_string().into())),
+            AttrJson::Bool(b) => Ok(Some(b.to_string().into())),
             _ => Err(fail("")),
         },
         ColumnKind::SmallInt | ColumnKind::Integer | ColumnKind::BigInt => match &attr.value {
-            Json::Number(n) => exact_integer(n.as_str(), kind)
+            AttrJson::Number(n) => exact_integer(n.as_str(), kind)
                 .map(|i| Some(i.into()))
                 .map_err(|r| fail(&r)),
             _ => Err(fail("")),
         },
         ColumnKind::Numeric | ColumnKind::Float => match &attr.value {
-            Json::Number(n) => Ok(Some(Cow::Borrowed(n.as_str()))),
+            AttrJson::Number(n) => Ok(Some(Cow::Borrowed(n.as_str()))),
             _ => Err(fail("")),
         },
         ColumnKind::Text | ColumnKind::Other => Ok(match &attr.value {
-            Json::String(s) => Some(Cow::Borrowed(s)),
-            other => Some(other.to_string().into()),
+            AttrJson::String(s) => Some(Cow::Borrowed(s)),
+            other => Some(other.json_text()),
         }),
     }
 }
@@ -339,7 +339,7 @@ pub fn bind<'a>(
         (Wire::Bool, _, Some(a)) => a.value.as_bool().map(Bound::Bool),
         (Wire::Geometry, _, Some(a)) => a.ewkb.as_deref().map(Bound::Ewkb),
         (Wire::Float8, _, Some(a)) => match &a.value {
-            Json::Number(n) => {
+            AttrJson::Number(n) => {
                 let lexeme = n.as_str();
                 return float8(lexeme)
                     .map(|f| Some(Bound::Float8(f)))
@@ -422,7 +422,7 @@ mod tests {
             .and_then(|s| crate::ngsi::time::parse_datetime(s).ok());
         CellValue::Attr(AttrValue {
             ngsi_type: Some(ty.into()),
-            value: v,
+            value: v.into(),
             instant: if ty == "DateTime" { instant } else { None },
             ewkb: None,
         })
@@ -507,7 +507,7 @@ mod tests {
     fn geometry_binds_as_hex_ewkb() {
         let v = CellValue::Attr(AttrValue {
             ngsi_type: Some("geo:point".into()),
-            value: json!("1, 2"),
+            value: json!("1, 2").into(),
             instant: None,
             ewkb: Some(Arc::from(vec![1u8, 0xab])),
         });
@@ -530,7 +530,7 @@ mod tests {
         let instant = crate::ngsi::time::parse_datetime(t).unwrap();
         let geo = CellValue::Attr(AttrValue {
             ngsi_type: Some("geo:point".into()),
-            value: json!("1, 2"),
+            value: json!("1, 2").into(),
             instant: None,
             ewkb: Some(Arc::from(vec![1u8, 0xab])),
         });

@@ -8,7 +8,7 @@
 //! `Integer`, `Property`…): object or array → `jsonb`, number → `double precision`, boolean →
 //! `boolean`, anything else → `text`. A flow's `column_types` overrides the mapping per NGSI type.
 
-use crate::ngsi::value::CellValue;
+use crate::ngsi::value::{AttrJson, CellValue};
 use crate::route::{quote_ident, TableRef};
 
 use super::meta::TableMeta;
@@ -46,7 +46,7 @@ pub(crate) fn column_type(value: &CellValue, overrides: &[(String, String)]) -> 
             .find(|(k, _)| k == key)
             .map(|(_, t)| t.clone())
     };
-    let whole = a.value.is_i64() || a.value.is_u64();
+    let whole = a.value.is_whole();
     if ngsi == "number" && whole {
         if let Some(t) = overridden("integer") {
             return Some(t);
@@ -67,9 +67,9 @@ pub(crate) fn column_type(value: &CellValue, overrides: &[(String, String)]) -> 
         _ => None,
     };
     let t = by_type.unwrap_or(match &a.value {
-        serde_json::Value::Object(_) | serde_json::Value::Array(_) => "jsonb",
-        serde_json::Value::Number(_) => "double precision",
-        serde_json::Value::Bool(_) => "boolean",
+        AttrJson::Composite(_) => "jsonb",
+        AttrJson::Number(_) => "double precision",
+        AttrJson::Bool(_) => "boolean",
         _ => "text",
     });
     Some(t.to_string())
@@ -237,7 +237,7 @@ mod tests {
     fn attr(ty: Option<&str>, value: serde_json::Value) -> CellValue {
         CellValue::Attr(AttrValue {
             ngsi_type: ty.map(str::to_string),
-            value,
+            value: value.into(),
             instant: None,
             ewkb: None,
         })
@@ -247,7 +247,7 @@ mod tests {
         let ewkb = crate::ngsi::geo::to_ewkb(ty, &value, 4326).unwrap();
         CellValue::Attr(AttrValue {
             ngsi_type: Some(ty.into()),
-            value,
+            value: value.into(),
             instant: None,
             ewkb: Some(Arc::from(ewkb)),
         })
