@@ -29,10 +29,24 @@ pub struct GeoError {
 /// True for the NGSI types this module converts (`geo:point`, `geo:line`, `geo:box`,
 /// `geo:polygon`, `geo:json`), compared case-insensitively.
 pub fn is_geo_type(ngsi_type: &str) -> bool {
-    matches!(
-        ngsi_type.to_ascii_lowercase().as_str(),
-        "geo:point" | "geo:line" | "geo:box" | "geo:polygon" | "geo:json"
-    )
+    geo_type(ngsi_type).is_some()
+}
+
+/// The NGSI geo types, lower-case.
+const GEO_TYPES: [&str; 5] = [
+    "geo:point",
+    "geo:line",
+    "geo:box",
+    "geo:polygon",
+    "geo:json",
+];
+
+/// The lower-case geo type `ngsi_type` names, compared case-insensitively without allocating
+/// (it is asked for every attribute).
+fn geo_type(ngsi_type: &str) -> Option<&'static str> {
+    GEO_TYPES
+        .into_iter()
+        .find(|g| g.eq_ignore_ascii_case(ngsi_type))
 }
 
 /// Converts a geo attribute value into EWKB bytes (little-endian) with `srid` embedded.
@@ -44,12 +58,12 @@ pub fn is_geo_type(ngsi_type: &str) -> bool {
 /// finite number (or a lat/lon is out of range for the simple formats), a polygon ring is not
 /// closed, or the type is not a geo type.
 pub fn to_ewkb(ngsi_type: &str, value: &Json, srid: i32) -> Result<Vec<u8>, GeoError> {
-    let ty = ngsi_type.to_ascii_lowercase();
+    let ty = geo_type(ngsi_type);
     let err = |reason: String| GeoError {
-        ngsi_type: ty.clone(),
+        ngsi_type: ty.map_or_else(|| ngsi_type.to_ascii_lowercase(), str::to_string),
         reason,
     };
-    match ty.as_str() {
+    match ty.unwrap_or_default() {
         "geo:point" => {
             let (lat, lon) = lat_lon(value).map_err(err)?;
             let mut w = EwkbWriter::new(false);
