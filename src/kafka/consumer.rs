@@ -29,13 +29,17 @@ pub(crate) fn consumer_config(
         .set("auto.offset.reset", "earliest")
         .set("statistics.interval.ms", stats_ms.to_string())
         .set("topic.metadata.refresh.interval.ms", "10000")
-        // Bounded prefetch per flow (librdkafka's default is 64 MiB per consumer): 2 MiB of
-        // values is more than a window of the usual notifications, and librdkafka's own
-        // bookkeeping about doubles it. A queue that is full postpones the next fetch by
-        // fetch.queue.backoff.ms, 1 s by default, which starved the flows of a small queue; at
-        // 10 ms, paired benchmark drains kept their rate (54.8k vs 53.9k notifications/s) at
-        // 121 instead of 196 MiB peak RSS. -X changes both.
-        .set("queued.max.messages.kbytes", "2048")
+        // Bounded prefetch per flow (librdkafka's default is 64 MiB per consumer), which
+        // librdkafka's own bookkeeping about doubles. A queue that is full postpones the next
+        // fetch by fetch.queue.backoff.ms, 1 s by default, which starved the flows of a small
+        // queue; at 10 ms, paired benchmark drains kept their rate (54.8k vs 53.9k
+        // notifications/s) at 121 instead of 196 MiB peak RSS with 2 MiB. Since the flows read
+        // a window ahead (--read-ahead), which empties the queue while the database writes,
+        // 512 KiB (about 1 100 of the benchmark's notifications) kept the rate too: paired
+        // drains 2 MiB / 1 MiB / 512 KiB gave 74.2k / 70.5k / 81.1k and 73.7k / 67.2k / 78.7k
+        // notifications/s at 106 / 90 / 85 and 106 / 92 / 88 MiB; 256 KiB cost worker CPU
+        // (16.0-16.1 against 13.9-14.6 us). -X changes both.
+        .set("queued.max.messages.kbytes", "512")
         .set("fetch.queue.backoff.ms", "10")
         // A killed worker's partitions move after the session times out: Kafka's default of
         // 45 s would stall them that long when the worker is restarted (or a member dies).
