@@ -290,6 +290,16 @@ async fn run_case(case: Case) {
     assert!(!status.paused.load(Ordering::Relaxed), "{name}: resumed");
 }
 
+/// A, C in partition 0 and B, D in partition 1, interleaved.
+fn two_partitions() -> Vec<Inbound> {
+    vec![
+        record(0, 0, &notification(&["A"])),
+        record(1, 0, &notification(&["B"])),
+        record(0, 1, &notification(&["C"])),
+        record(1, 1, &notification(&["D"])),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
     let cases = vec![
@@ -436,12 +446,7 @@ async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
             // takes B out of the window before it is written. D comes after the revocation
             // (from the new assignment) and stays.
             name: "a partition revoked while reading ahead",
-            input: vec![
-                record(0, 0, &notification(&["A"])),
-                record(1, 0, &notification(&["B"])),
-                record(0, 1, &notification(&["C"])),
-                record(1, 1, &notification(&["D"])),
-            ],
+            input: two_partitions(),
             rejects: &[],
             stored: &[],
             transient: 0,
@@ -459,12 +464,7 @@ async fn the_loop_writes_logs_dead_letters_and_commits_as_the_table_says() {
             // The same input without read-ahead: B is written before C's recv serves the
             // revocation.
             name: "a partition revoked after a write, without read-ahead",
-            input: vec![
-                record(0, 0, &notification(&["A"])),
-                record(1, 0, &notification(&["B"])),
-                record(0, 1, &notification(&["C"])),
-                record(1, 1, &notification(&["D"])),
-            ],
+            input: two_partitions(),
             rejects: &[],
             stored: &[],
             transient: 0,
