@@ -67,11 +67,11 @@ fresh_db ngsiflow_bench
 log "producing $N notifications of the multi-tenant workload"
 "$BIN" produce --brokers "$BROKER" --workload multi-tenant --count "$N" --entities 100 2>&1 | tail -1
 
-# A pre-produced backlog: the broker has just received it (a fresh JVM compiling its produce
-# path, log segments written back), which in earlier runs took 5-10 µs of the broker's CPU per
-# notification during the drain against under 1 µs for a backlog produced minutes before. Wait
-# until the written pages are on disk and the broker is idle (under 5 % of a core for 2 s, at
-# most 60 s) before timing the drain.
+# A pre-produced backlog: wait until the written pages are on disk and the broker is idle
+# (under 5 % of a core for 2 s, at most 60 s) before timing the drain, so that the drain does
+# not also pay for the writeback of what was just produced. The broker is still a fresh JVM:
+# it spent 7.0-10.7 µs of CPU per notification during these drains, against 0.6-0.9 µs for a
+# broker that had run for hours (README, "Results").
 sync
 for _ in $(seq 1 30); do
   b0=$(cpu_of "$BROKER_PID"); sleep 2; b1=$(cpu_of "$BROKER_PID")
