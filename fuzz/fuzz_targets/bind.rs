@@ -9,12 +9,10 @@
 //! string of its text). Text seeds look like `05\x300{"a":1}`, e.g. `010850`.
 #![no_main]
 
-use std::sync::Arc;
-
 use chrono::DateTime;
 use libfuzzer_sys::fuzz_target;
-use ngsiflow::ngsi::value::{AttrValue, CellValue};
-use ngsiflow::ngsi::{geo, time};
+use ngsiflow::ngsi::time;
+use ngsiflow::ngsi::value::{self, AttrValue, CellValue};
 use ngsiflow::postgis::bind::{bind_text, ColumnKind};
 use serde_json::Value as Json;
 
@@ -65,28 +63,15 @@ const NGSI_TYPES: [Option<&str>; 16] = [
 
 const COLUMNS: [&str; 4] = ["temperature", "a\"b", "", "İ\u{0}x"];
 
-/// The cell transform would produce for an attribute (its private `attr_value`, rebuilt from
-/// the same public pieces); `None` when transform would reject the record.
+/// The cell transform produces for an attribute (`attr_cell`, as transform calls it); `None`
+/// when transform would reject the record.
 fn attr_cell(ngsi_type: Option<&str>, value: Json) -> Option<CellValue> {
-    if value.is_null() {
-        return Some(CellValue::Null);
+    let shown = value.to_string();
+    let cell = value::attr_cell(ngsi_type.map(str::to_string), value, 4326).ok()?;
+    if let CellValue::Attr(AttrValue { ewkb: Some(e), .. }) = &cell {
+        assert!(!e.is_empty(), "empty EWKB for {ngsi_type:?} {shown}");
     }
-    let (mut instant, mut ewkb) = (None, None);
-    if let Some(ty) = ngsi_type {
-        if geo::is_geo_type(ty) {
-            let e = geo::to_ewkb(ty, &value, 4326).ok()?;
-            assert!(!e.is_empty(), "empty EWKB for {ty} {value}");
-            ewkb = Some(Arc::from(e));
-        } else if ty.eq_ignore_ascii_case("DateTime") || ty.eq_ignore_ascii_case("ISO8601") {
-            instant = value.as_str().and_then(|s| time::parse_datetime(s).ok());
-        }
-    }
-    Some(CellValue::Attr(AttrValue {
-        ngsi_type: ngsi_type.map(str::to_string),
-        value: value.into(),
-        instant,
-        ewkb,
-    }))
+    Some(cell)
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::{EntityDeleteMode, FlowSpec, TimeSource};
-use crate::ngsi::value::{AttrValue, CellValue};
-use crate::ngsi::{geo, time, Entity, NgsiHeaders, Notification};
+use crate::ngsi::value::{attr_cell, AttrValue, CellValue};
+use crate::ngsi::{time, Entity, NgsiHeaders, Notification};
 use crate::route::{self, check_identifier, Datamodel, TableRef};
 use crate::tenants::Tenants;
 
@@ -238,7 +238,7 @@ fn record(
             errors.push(format!("attribute name: {e}"));
             continue;
         }
-        let value = match attr_value(attr.ngsi_type, attr.value, opts.srid) {
+        let value = match attr_cell(attr.ngsi_type, attr.value, opts.srid) {
             Ok(v) => v,
             Err(e) => {
                 errors.push(format!("attribute {:?}: {e}", notified(&name)));
@@ -368,31 +368,6 @@ fn metadata_column(
         ewkb: None,
     };
     Ok((column, CellValue::Attr(value)))
-}
-
-fn attr_value(
-    ngsi_type: Option<String>,
-    value: serde_json::Value,
-    srid: i32,
-) -> Result<CellValue, String> {
-    if value.is_null() {
-        return Ok(CellValue::Null);
-    }
-    let (mut instant, mut ewkb) = (None, None);
-    if let Some(ty) = ngsi_type.as_deref() {
-        if geo::is_geo_type(ty) {
-            let e = geo::to_ewkb(ty, &value, srid).map_err(|e| e.to_string())?;
-            ewkb = Some(Arc::from(e));
-        } else if ty.eq_ignore_ascii_case("DateTime") || ty.eq_ignore_ascii_case("ISO8601") {
-            instant = value.as_str().and_then(|s| time::parse_datetime(s).ok());
-        }
-    }
-    Ok(CellValue::Attr(AttrValue {
-        ngsi_type,
-        value: value.into(),
-        instant,
-        ewkb,
-    }))
 }
 
 /// An error-log row taken from a Kafka Connect dead-letter record (the `errors` flow).

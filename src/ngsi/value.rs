@@ -7,7 +7,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 
-use super::time::to_rfc3339_micros;
+use super::geo;
+use super::time::{self, to_rfc3339_micros};
 use crate::text::truncate;
 
 /// Longest value shown in an error message about it.
@@ -37,6 +38,34 @@ pub struct AttrValue {
     pub instant: Option<DateTime<Utc>>,
     /// EWKB for geo types (shared: cloned rows do not copy it).
     pub ewkb: Option<Arc<[u8]>>,
+}
+
+/// The cell of an attribute of NGSI type `ngsi_type` with JSON `value`: NULL for `null`;
+/// otherwise the value with what its type derives — EWKB (with `srid`) for the geo types,
+/// the instant for `DateTime`/`ISO8601` strings that parse. Transform builds every attribute's
+/// cell with it, and the bind fuzz target builds its cells the same way.
+///
+/// # Errors
+/// Why a geo value cannot be converted ([`geo::GeoError`]'s message).
+pub fn attr_cell(ngsi_type: Option<String>, value: Json, srid: i32) -> Result<CellValue, String> {
+    if value.is_null() {
+        return Ok(CellValue::Null);
+    }
+    let (mut instant, mut ewkb) = (None, None);
+    if let Some(ty) = ngsi_type.as_deref() {
+        if geo::is_geo_type(ty) {
+            let e = geo::to_ewkb(ty, &value, srid).map_err(|e| e.to_string())?;
+            ewkb = Some(Arc::from(e));
+        } else if ty.eq_ignore_ascii_case("DateTime") || ty.eq_ignore_ascii_case("ISO8601") {
+            instant = value.as_str().and_then(|s| time::parse_datetime(s).ok());
+        }
+    }
+    Ok(CellValue::Attr(AttrValue {
+        ngsi_type,
+        value: value.into(),
+        instant,
+        ewkb,
+    }))
 }
 
 /// An attribute's JSON value as a record keeps it until its window commits: a scalar as
@@ -140,7 +169,8 @@ impl AttrJson {
             Self::Number(n) => std::borrow::Cow::Borrowed(n.as_str()),
             Self::Null => "null".into(),
             Self::Bool(b) => b.to_string().into(),
-            Self::String(s) => Json::String(s.clone()).to_string().into(),
+            // Serialising a string cannot fail.
+            Self::String(s) => serde_json::to_string(s).unwrap_or_default().into(),
         }
     }
 

@@ -25,13 +25,13 @@ const DECODED_PER_YIELD: usize = 16;
 
 /// One message waiting for the window: when it was received, and its window entry once
 /// decoded.
-pub(crate) struct Waiting {
+struct Waiting {
     /// The record.
-    pub(crate) record: Inbound,
+    record: Inbound,
     /// When the flow received it (where its processing time starts).
-    pub(crate) received: Instant,
+    received: Instant,
     /// Its window entry, when it has been decoded already.
-    pub(crate) decoded: Option<Decoded>,
+    decoded: Option<Decoded>,
 }
 
 /// Messages waiting for the window, in the order received; the decoded ones come first.
