@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 bash scripts/install-deps.sh
 ensure_postgres
+# A fresh clone (CI) gains nothing from incremental compilation's caches, which would be the
+# largest part of target/debug.
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
 # Test binaries run one after another; tests inside a binary run two at a time (2 cores).
 cargo test --lib --bins --tests --locked -- --test-threads=2 "$@"
 # Fuzzing: the crashes found so far are replayed, then every target of fuzz/ runs for
