@@ -5,7 +5,7 @@
 //! Follow a message: decode → transform → route → window → write (bind) → dead letters → commit.
 //! * pure core (no I/O): [`ngsi`] (notification model, values, geometry, date-times), [`flow`]
 //!   (flow specs and transform), [`route`] (datamodels → schema.table), [`tenants`]
-//!   (per-tenant datamodel and schema), [`metrics`], [`text`];
+//!   (per-tenant datamodel and schema), [`metrics`], [`text`], [`intern`] (shared names);
 //! * [`pipeline`]: the generic flow loop — `intake` (decode, transform, bad records to the
 //!   error log), `window` (the flush window as a value), `dead_letters`, `handle` (status and
 //!   metrics), `ports` (the seams: source, offset committer, window sink, dead-letter sink);
@@ -35,6 +35,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod flow;
+pub mod intern;
 pub mod kafka;
 pub mod metrics;
 pub mod ngsi;

@@ -165,7 +165,7 @@ mod tests {
                         "timeinstant",
                     ];
                     assert!(
-                        standard.contains(&c.as_str()) || ty_cols.contains(&format!("{c} ")),
+                        standard.contains(&&**c) || ty_cols.contains(&format!("{c} ")),
                         "{name}: column {c}"
                     );
                 }

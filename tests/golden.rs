@@ -17,7 +17,7 @@ fn cell(v: &CellValue) -> Value {
         CellValue::Text(s) => json!({"text": s}),
         CellValue::Instant(t) => json!({"instant": to_rfc3339_micros(t)}),
         CellValue::Attr(a) => json!({
-            "ngsi_type": a.ngsi_type,
+            "ngsi_type": a.ngsi_type.as_deref(),
             "value": a.value.to_json(),
             "instant": a.instant.as_ref().map(to_rfc3339_micros),
             "ewkb": a.ewkb.as_ref().map(hex::encode),
@@ -66,7 +66,7 @@ fn decode_and_transform_match_the_golden_files() {
                         Ok(op) => json!({
                             "target": op.target.to_string(),
                             "kind": if op.kind == OpKind::Delete { "delete" } else { "write" },
-                            "columns": op.columns.iter().map(|(c, v)| (c.clone(), cell(v))).collect::<serde_json::Map<_, _>>(),
+                            "columns": op.columns.iter().map(|(c, v)| (c.to_string(), cell(v))).collect::<serde_json::Map<_, _>>(),
                         }),
                         Err(e) => json!({"entity": e.entity_index, "error": e.message, "target": e.target.map(|t| t.to_string())}),
                     })

@@ -67,7 +67,7 @@ const COLUMNS: [&str; 4] = ["temperature", "a\"b", "", "İ\u{0}x"];
 /// when transform would reject the record.
 fn attr_cell(ngsi_type: Option<&str>, value: Json) -> Option<CellValue> {
     let shown = value.to_string();
-    let cell = value::attr_cell(ngsi_type.map(str::to_string), value, 4326).ok()?;
+    let cell = value::attr_cell(ngsi_type, value, 4326).ok()?;
     if let CellValue::Attr(AttrValue { ewkb: Some(e), .. }) = &cell {
         assert!(!e.is_empty(), "empty EWKB for {ngsi_type:?} {shown}");
     }

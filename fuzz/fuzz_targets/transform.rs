@@ -8,6 +8,7 @@
 use chrono::DateTime;
 use libfuzzer_sys::fuzz_target;
 use ngsiflow::flow::transform::{transform, OpKind, RowOp, TransformOptions};
+use ngsiflow::intern::Name;
 use ngsiflow::ngsi::decode;
 use ngsiflow::ngsi::value::CellValue;
 use ngsiflow::postgis::{untyped_insert, untyped_query};
@@ -80,12 +81,12 @@ fn check_op(op: &RowOp) {
     match op.kind {
         OpKind::Delete => {
             assert!(
-                matches!(op.columns.as_slice(), [(c, CellValue::Text(_))] if c == "entityid"),
+                matches!(op.columns.as_slice(), [(c, CellValue::Text(_))] if &**c == "entityid"),
                 "a delete carries exactly entityid: {op:?}"
             );
         }
         OpKind::Write => {
-            let names: Vec<&str> = op.columns.iter().map(|(c, _)| c.as_str()).collect();
+            let names: Vec<&str> = op.columns.iter().map(|(c, _)| &**c).collect();
             assert!(
                 names.starts_with(&["entityid", "entitytype", "fiwareservicepath"]),
                 "standard columns first: {names:?}"
@@ -98,7 +99,7 @@ fn check_op(op: &RowOp) {
 
 /// The readable statement names the table and the columns, every identifier and literal
 /// quoted so that reading it back gives the raw names and values.
-fn check_statement(t: &TableRef, columns: &[(String, CellValue)], stmt: &str) {
+fn check_statement(t: &TableRef, columns: &[(Name, CellValue)], stmt: &str) {
     let r = parse_readable(stmt).unwrap_or_else(|e| panic!("readable statement {stmt:?}: {e}"));
     assert_eq!(
         (r.schema.as_str(), r.table.as_str()),
@@ -107,13 +108,13 @@ fn check_statement(t: &TableRef, columns: &[(String, CellValue)], stmt: &str) {
     if stmt.starts_with("DELETE") {
         let id = columns
             .iter()
-            .find(|(c, _)| c == "entityid")
+            .find(|(c, _)| &**c == "entityid")
             .and_then(|(_, v)| v.display_text())
             .unwrap_or_default();
         assert_eq!(r.values, [ReadValue::Quoted(id)], "{stmt:?}");
         return;
     }
-    let names: Vec<&str> = columns.iter().map(|(c, _)| c.as_str()).collect();
+    let names: Vec<&str> = columns.iter().map(|(c, _)| &**c).collect();
     let read: Vec<&str> = r.columns.iter().map(String::as_str).collect();
     if r.truncated {
         // The last name read may be cut.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::{EntityDeleteMode, FlowSpec, TimeSource};
+use crate::intern::{intern, standard, Name, STANDARD};
 use crate::ngsi::value::{attr_cell, AttrValue, CellValue};
 use crate::ngsi::{time, Entity, NgsiHeaders, Notification};
 use crate::route::{self, check_identifier, Datamodel, TableRef};
@@ -51,7 +52,7 @@ pub struct RowOp {
     /// Write or delete.
     pub kind: OpKind,
     /// Columns in notification order (standard columns first); names lower-case and unique.
-    pub columns: Vec<(String, CellValue)>,
+    pub columns: Vec<(Name, CellValue)>,
     /// Index of the entity in the notification's `data`.
     pub entity_index: usize,
 }
@@ -61,7 +62,7 @@ impl RowOp {
     pub fn get(&self, column: &str) -> Option<&CellValue> {
         self.columns
             .iter()
-            .find(|(c, _)| c == column)
+            .find(|(c, _)| **c == *column)
             .map(|(_, v)| v)
     }
 }
@@ -75,19 +76,12 @@ pub struct RecordError {
     /// Destination table when routing succeeded (for the readable statement).
     pub target: Option<TableRef>,
     /// Columns computed before the failure (for the readable statement).
-    pub columns: Vec<(String, CellValue)>,
+    pub columns: Vec<(Name, CellValue)>,
     /// The error, lowercase, naming what is wrong.
     pub message: String,
 }
 
 const SKIPPED: [&str; 3] = ["id", "type", "alterationtype"];
-const STANDARD: [&str; 5] = [
-    "entityid",
-    "entitytype",
-    "fiwareservicepath",
-    "timeinstant",
-    "recvtime",
-];
 
 /// Turns a notification into one result per entity, in order. The notification is consumed:
 /// attribute values move into the rows instead of being copied.
@@ -135,19 +129,18 @@ fn record(
     recv_time: DateTime<Utc>,
     opts: &TransformOptions,
 ) -> Result<RowOp, RecordError> {
-    let mut columns: Vec<(String, CellValue)> = Vec::with_capacity(entity.attributes.len() + 5);
-    let fail = |target: Option<TableRef>, columns: Vec<(String, CellValue)>, message: String| {
-        RecordError {
+    let mut columns: Vec<(Name, CellValue)> = Vec::with_capacity(entity.attributes.len() + 5);
+    let fail =
+        |target: Option<TableRef>, columns: Vec<(Name, CellValue)>, message: String| RecordError {
             entity_index: Some(index),
             target,
             columns,
             message,
-        }
-    };
+        };
     // Moved, not copied: only the attributes are read after this.
     let has_id = entity.id.is_some();
     if let Some(id) = entity.id.take() {
-        columns.push(("entityid".into(), CellValue::Text(id)));
+        columns.push((standard("entityid"), CellValue::Text(id)));
     }
     let entity_type = entity.entity_type.take();
     let routed = entity_type.as_deref().map(|ty| {
@@ -162,10 +155,10 @@ fn record(
         })
     });
     if let Some(ty) = entity_type {
-        columns.push(("entitytype".into(), CellValue::Text(ty)));
+        columns.push((standard("entitytype"), CellValue::Text(ty)));
     }
     columns.push((
-        "fiwareservicepath".into(),
+        standard("fiwareservicepath"),
         CellValue::Text(headers.servicepath.clone()),
     ));
     let Some(routed) = routed else {
@@ -186,7 +179,7 @@ fn record(
     }
     // A null value is treated as an absent one (allowed where the flow allows that).
     match time_index(&spec.time_index, &entity, recv_time) {
-        Ok(Some(t)) => columns.push(("timeinstant".into(), CellValue::Instant(t))),
+        Ok(Some(t)) => columns.push((standard("timeinstant"), CellValue::Instant(t))),
         Ok(None) if spec.require_timeinstant => {
             let message = missing_time_index(&spec.time_index, &spec.name);
             return Err(fail(Some(target), columns, message));
@@ -194,26 +187,19 @@ fn record(
         Ok(None) => {}
         Err(message) => return Err(fail(Some(target), columns, message)),
     }
-    columns.push(("recvtime".into(), CellValue::Instant(recv_time)));
+    columns.push((standard("recvtime"), CellValue::Instant(recv_time)));
     let mut errors = Vec::new();
     let mut metadata_columns = Vec::new();
     for mut attr in entity.attributes {
-        // A name already in lower-case ASCII (most are) is moved, not copied; messages show the
+        // A name already in lower-case ASCII (most are) is interned as it is; messages show the
         // name as notified.
-        let moved = attr.name.is_ascii() && !attr.name.bytes().any(|b| b.is_ascii_uppercase());
-        let name = if moved {
-            std::mem::take(&mut attr.name)
+        let lower = attr.name.is_ascii() && !attr.name.bytes().any(|b| b.is_ascii_uppercase());
+        let name = if lower {
+            intern(&attr.name)
         } else {
-            attr.name.to_lowercase()
+            intern(&attr.name.to_lowercase())
         };
-        let notified = |name: &str| {
-            if moved {
-                name.to_string()
-            } else {
-                attr.name.clone()
-            }
-        };
-        if SKIPPED.contains(&name.as_str()) {
+        if SKIPPED.contains(&&*name) {
             continue;
         }
         if spec.store_metadata {
@@ -224,13 +210,13 @@ fn record(
                 }
             }
         }
-        if name == "timeinstant" {
+        if &*name == "timeinstant" {
             continue;
         }
-        if name == "recvtime" {
+        if &*name == "recvtime" {
             errors.push(format!(
                 "attribute {:?} collides with the recvtime column",
-                notified(&name)
+                attr.name
             ));
             continue;
         }
@@ -238,17 +224,17 @@ fn record(
             errors.push(format!("attribute name: {e}"));
             continue;
         }
-        let value = match attr_cell(attr.ngsi_type, attr.value, opts.srid) {
+        let value = match attr_cell(attr.ngsi_type.as_deref(), attr.value, opts.srid) {
             Ok(v) => v,
             Err(e) => {
-                errors.push(format!("attribute {:?}: {e}", notified(&name)));
+                errors.push(format!("attribute {:?}: {e}", attr.name));
                 continue;
             }
         };
         // An attribute named like a standard column (entityId, …) overrides it, as in Kafnus;
         // two attributes differing only in case map to one column, the last one wins.
         match columns.iter_mut().find(|(c, _)| *c == name) {
-            Some(slot) if !STANDARD[3..].contains(&name.as_str()) => slot.1 = value,
+            Some(slot) if !STANDARD[3..].contains(&&*name) => slot.1 = value,
             Some(_) => {}
             None => columns.push((name, value)),
         }
@@ -358,16 +344,16 @@ fn missing_time_index(sources: &[TimeSource], flow: &str) -> String {
 fn metadata_column(
     name: &str,
     md: serde_json::Map<String, serde_json::Value>,
-) -> Result<(String, CellValue), String> {
+) -> Result<(Name, CellValue), String> {
     let column = format!("{name}_md");
     check_identifier(&column).map_err(|e| format!("metadata column: {e}"))?;
     let value = AttrValue {
-        ngsi_type: Some("StructuredValue".into()),
+        ngsi_type: Some(intern("StructuredValue")),
         value: serde_json::Value::Object(md).into(),
         instant: None,
         ewkb: None,
     };
-    Ok((column, CellValue::Attr(value)))
+    Ok((intern(&column), CellValue::Attr(value)))
 }
 
 /// An error-log row taken from a Kafka Connect dead-letter record (the `errors` flow).
@@ -511,7 +497,7 @@ mod tests {
                     table: table.into()
                 }
             );
-            let names: Vec<_> = op.columns.iter().map(|(c, _)| c.as_str()).collect();
+            let names: Vec<_> = op.columns.iter().map(|(c, _)| &**c).collect();
             assert_eq!(
                 names,
                 [

@@ -9,6 +9,7 @@ use serde_json::Value as Json;
 
 use super::geo;
 use super::time::{self, to_rfc3339_micros};
+use crate::intern::{intern, Name};
 use crate::text::truncate;
 
 /// Longest value shown in an error message about it.
@@ -30,8 +31,8 @@ pub enum CellValue {
 /// An NGSI attribute value plus its derived forms.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttrValue {
-    /// NGSI attribute type, when notified.
-    pub ngsi_type: Option<String>,
+    /// NGSI attribute type, when notified (interned: shared by every cell of that type).
+    pub ngsi_type: Option<Name>,
     /// The JSON value as notified (numbers keep their lexeme; objects and arrays as text).
     pub value: AttrJson,
     /// Parsed instant for `DateTime`/`ISO8601` values that parse.
@@ -47,12 +48,12 @@ pub struct AttrValue {
 ///
 /// # Errors
 /// Why a geo value cannot be converted ([`geo::GeoError`]'s message).
-pub fn attr_cell(ngsi_type: Option<String>, value: Json, srid: i32) -> Result<CellValue, String> {
+pub fn attr_cell(ngsi_type: Option<&str>, value: Json, srid: i32) -> Result<CellValue, String> {
     if value.is_null() {
         return Ok(CellValue::Null);
     }
     let (mut instant, mut ewkb) = (None, None);
-    if let Some(ty) = ngsi_type.as_deref() {
+    if let Some(ty) = ngsi_type {
         if geo::is_geo_type(ty) {
             let e = geo::to_ewkb(ty, &value, srid).map_err(|e| e.to_string())?;
             ewkb = Some(Arc::from(e));
@@ -61,7 +62,7 @@ pub fn attr_cell(ngsi_type: Option<String>, value: Json, srid: i32) -> Result<Ce
         }
     }
     Ok(CellValue::Attr(AttrValue {
-        ngsi_type,
+        ngsi_type: ngsi_type.map(intern),
         value: value.into(),
         instant,
         ewkb,

@@ -236,7 +236,7 @@ mod tests {
 
     fn attr(ty: Option<&str>, value: serde_json::Value) -> CellValue {
         CellValue::Attr(AttrValue {
-            ngsi_type: ty.map(str::to_string),
+            ngsi_type: ty.map(Into::into),
             value: value.into(),
             instant: None,
             ewkb: None,

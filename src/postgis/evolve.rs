@@ -43,8 +43,8 @@ pub(crate) fn wanted_columns(
         .op
         .columns
         .iter()
-        .map(|(c, _)| c)
-        .filter(|c| group.columns.contains(c))
+        .map(|(c, _)| &**c)
+        .filter(|c| group.columns.iter().any(|g| g == c))
         .filter_map(|c| {
             let ty = group.items.iter().find_map(|&i| {
                 items[i]
@@ -52,7 +52,7 @@ pub(crate) fn wanted_columns(
                     .get(c)
                     .and_then(|v| ddl::column_type(v, overrides))
             })?;
-            Some((c.clone(), ty))
+            Some((c.to_string(), ty))
         })
         .collect()
 }

@@ -63,7 +63,7 @@ pub fn plan(spec: &FlowSpec, items: &[WriteItem]) -> Vec<Group> {
             *n += 1;
             *n - 1
         };
-        let mut columns: Vec<&str> = op.columns.iter().map(|(c, _)| c.as_str()).collect();
+        let mut columns: Vec<&str> = op.columns.iter().map(|(c, _)| &**c).collect();
         columns.sort_unstable();
         match index.entry((round, &op.target, op.kind, columns)) {
             std::collections::hash_map::Entry::Occupied(g) => groups[*g.get()].items.push(i),
@@ -92,12 +92,12 @@ mod tests {
     use crate::route::TableRef;
 
     fn item(table: &str, id: &str, ti: Option<&str>, extra: &[&str], kind: OpKind) -> WriteItem {
-        let mut columns = vec![("entityid".to_string(), CellValue::Text(id.into()))];
+        let mut columns = vec![("entityid".into(), CellValue::Text(id.into()))];
         if let Some(t) = ti {
             columns.push(("timeinstant".into(), CellValue::Text(t.into())));
         }
         for e in extra {
-            columns.push((e.to_string(), CellValue::Null));
+            columns.push(((*e).into(), CellValue::Null));
         }
         WriteItem {
             source: 0,

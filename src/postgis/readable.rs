@@ -3,6 +3,7 @@
 //! reference does.
 
 use crate::flow::transform::{OpKind, RowOp};
+use crate::intern::Name;
 use crate::ngsi::value::CellValue;
 use crate::route::TableRef;
 
@@ -60,7 +61,7 @@ pub fn untyped_query(op: &RowOp) -> String {
 }
 
 /// Readable statement from raw record columns (no column types known).
-pub fn untyped_insert(target: &TableRef, columns: &[(String, CellValue)]) -> String {
+pub fn untyped_insert(target: &TableRef, columns: &[(Name, CellValue)]) -> String {
     let lits: Vec<(&str, Literal)> = columns
         .iter()
         .map(|(c, v)| {
@@ -69,7 +70,7 @@ pub fn untyped_insert(target: &TableRef, columns: &[(String, CellValue)]) -> Str
                 Some(s) if v.is_bare_literal() => Literal::Bare(s),
                 Some(s) => Literal::Quoted(s),
             };
-            (c.as_str(), lit)
+            (&**c, lit)
         })
         .collect();
     truncate(sql::readable_insert(target, &lits), MAX_QUERY_CHARS)

@@ -654,8 +654,8 @@ impl<'a> RowBinder<'a> {
         self.guess.resize(op.columns.len(), usize::MAX);
         for (i, (name, _)) in op.columns.iter().enumerate() {
             let k = match self.guess[i] {
-                k if self.columns.get(k) == Some(name) => Some(k),
-                _ => self.columns.binary_search(name).ok(),
+                k if self.columns.get(k).is_some_and(|c| **c == **name) => Some(k),
+                _ => self.columns.binary_search_by(|c| (**c).cmp(name)).ok(),
             };
             if let Some(k) = k {
                 self.slots[k] = i;
@@ -714,7 +714,7 @@ mod tests {
         let row = |cols: &[(&str, &str)]| RowOp {
             columns: cols
                 .iter()
-                .map(|(c, v)| (c.to_string(), CellValue::Text(v.to_string())))
+                .map(|(c, v)| ((*c).into(), CellValue::Text(v.to_string())))
                 .collect(),
             ..op.clone()
         };

@@ -1,0 +1,89 @@
+//! Interned names (pure, no I/O): the column names and NGSI attribute types that every record of
+//! a stream repeats are held once, and each record's cells share them.
+//!
+//! A record used to own a `String` per column name and per attribute type: about 20 small
+//! allocations and 500 bytes per record of the benchmark's workload while it waited in a
+//! window. An interned name is one pointer-sized reference count away.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use rustc_hash::FxHashSet;
+
+/// A shared, immutable name (a column name or an NGSI type); compares and hashes as its text.
+pub type Name = Arc<str>;
+
+/// Names kept per thread before the set starts again. Names a stream repeats are few (its
+/// attributes and types); a stream of ever-new attribute names must not grow the set without
+/// bound, and names already handed out stay valid when it is cleared.
+const MAX_NAMES: usize = 4096;
+
+thread_local! {
+    // FxHash: names are short and not chosen to collide (the set is bounded anyway), and
+    // SipHash took longer than the allocation it saves.
+    static NAMES: RefCell<FxHashSet<Name>> = RefCell::new(FxHashSet::default());
+}
+
+/// The standard columns of a record, in the order transform writes them (Kafnus's).
+pub const STANDARD: [&str; 5] = [
+    "entityid",
+    "entitytype",
+    "fiwareservicepath",
+    "timeinstant",
+    "recvtime",
+];
+
+thread_local! {
+    static STANDARD_NAMES: [Name; 5] = STANDARD.map(intern);
+}
+
+/// The shared name of a standard column without hashing it: `entityid`, `entitytype`,
+/// `fiwareservicepath`, `timeinstant` or `recvtime`.
+///
+/// # Panics
+/// When `text` is not one of them (a programming error).
+pub fn standard(text: &'static str) -> Name {
+    let i = STANDARD.iter().position(|s| *s == text);
+    let i = i.unwrap_or_else(|| panic!("{text:?} is not a standard column"));
+    STANDARD_NAMES.with(|names| Name::clone(&names[i]))
+}
+
+/// The shared [`Name`] for `text`: the one already held by this thread, or a new one.
+pub fn intern(text: &str) -> Name {
+    NAMES.with_borrow_mut(|names| {
+        if let Some(name) = names.get(text) {
+            return Name::clone(name);
+        }
+        if names.len() >= MAX_NAMES {
+            names.clear();
+        }
+        let name: Name = Arc::from(text);
+        names.insert(Name::clone(&name));
+        name
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_texts_share_one_name() {
+        let a = intern("temperature");
+        let b = intern(&String::from("temperature"));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(&*a, "temperature");
+        assert!(!Arc::ptr_eq(&a, &intern("pressure")));
+    }
+
+    #[test]
+    fn the_set_is_bounded_and_names_outlive_it() {
+        let first = intern("n0");
+        for i in 1..=MAX_NAMES + 10 {
+            intern(&format!("n{i}"));
+        }
+        assert!(NAMES.with_borrow(|n| n.len()) <= MAX_NAMES);
+        assert_eq!(&*first, "n0");
+        assert_eq!(intern("n0"), first);
+    }
+}
