@@ -5,8 +5,12 @@
 //! datamodels reject the root service path. Unlike PostgreSQL, which silently truncates
 //! identifiers longer than 63 bytes (and so could merge two tables), such names are rejected.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 /// PostgreSQL's identifier limit (NAMEDATALEN - 1), in bytes.
 pub const MAX_IDENTIFIER_BYTES: usize = 63;
@@ -190,6 +194,60 @@ pub fn route(
     Ok(TableRef { schema, table })
 }
 
+/// Tables memoised per thread by [`route_shared`] before the memo starts again: a deployment
+/// has a few hundred; ever-new entity types must not grow it without bound.
+const MAX_ROUTES: usize = 4096;
+
+/// What [`route_shared`] memoises.
+#[derive(Default)]
+struct RouteMemo {
+    /// Routed tables by their inputs, each prefixed with its length (so that no two sets of
+    /// inputs make one key).
+    tables: FxHashMap<Box<[u8]>, Arc<TableRef>>,
+    /// The buffer a lookup's key is written into.
+    key: Vec<u8>,
+}
+
+thread_local! {
+    static ROUTES: RefCell<RouteMemo> = RefCell::default();
+}
+
+/// [`route`], memoised per thread: the records routed to one table share one [`TableRef`].
+/// Every record used to sanitise and format its names again (about 6 allocations each).
+///
+/// # Errors
+/// As [`route`] (errors are not memoised).
+pub fn route_shared(
+    service: &str,
+    servicepath: &str,
+    entity_type: &str,
+    suffix: &str,
+    datamodel: Datamodel,
+) -> Result<Arc<TableRef>, RouteError> {
+    ROUTES.with_borrow_mut(|RouteMemo { tables, key }| {
+        key.clear();
+        for part in [
+            datamodel.as_str(),
+            service,
+            servicepath,
+            entity_type,
+            suffix,
+        ] {
+            key.extend_from_slice(&part.len().to_le_bytes());
+            key.extend_from_slice(part.as_bytes());
+        }
+        if let Some(t) = tables.get(key.as_slice()) {
+            return Ok(Arc::clone(t));
+        }
+        let t = Arc::new(route(service, servicepath, entity_type, suffix, datamodel)?);
+        if tables.len() >= MAX_ROUTES {
+            tables.clear();
+        }
+        tables.insert(Box::from(key.as_slice()), Arc::clone(&t));
+        Ok(t)
+    })
+}
+
 /// The tenant's error log: `<svc>.<svc>_error_log` with `<svc>` the sanitised service, whatever
 /// the datamodel (as Kafnus does).
 ///
@@ -210,6 +268,49 @@ pub fn error_log_table(service: &str) -> Result<TableRef, RouteError> {
 mod tests {
     use super::*;
     use Datamodel::*;
+
+    #[test]
+    fn shared_routes_are_the_routes_and_one_per_table() {
+        let cases = [
+            ("acme", "/parking/north", "Spot", "", ByEntityTypeDatabase),
+            (
+                "acme",
+                "/parking/north",
+                "Spot",
+                "_lastdata",
+                ByEntityTypeDatabase,
+            ),
+            (
+                "acme",
+                "/parking/north",
+                "Spot",
+                "",
+                ByEntityTypeDatabaseSchema,
+            ),
+            (
+                "acme",
+                "/parking/north",
+                "Spot",
+                "",
+                ByFixedEntityTypeDatabaseSchema,
+            ),
+            // The same text split differently between the inputs: another table.
+            ("acmeparking", "/north", "Spot", "", ByEntityTypeDatabase),
+            ("acme", "/parking/northSpot", "", "", ByEntityTypeDatabase),
+            ("acme", "/", "Spot", "", ByEntityTypeDatabaseSchema),
+        ];
+        for (service, path, ty, suffix, dm) in cases {
+            let first = route_shared(service, path, ty, suffix, dm);
+            assert_eq!(
+                first.clone().map(|t| TableRef::clone(&t)),
+                route(service, path, ty, suffix, dm),
+                "{service} {path} {ty} {suffix} {dm:?}"
+            );
+            if let (Ok(a), Ok(b)) = (&first, route_shared(service, path, ty, suffix, dm)) {
+                assert!(Arc::ptr_eq(a, &b), "one shared table per route");
+            }
+        }
+    }
 
     #[test]
     fn sanitize_rules() {

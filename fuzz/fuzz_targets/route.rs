@@ -104,7 +104,7 @@ fuzz_target!(|input: Input| {
 
 fn check_statements(target: TableRef, input: &Input) {
     let mut op = RowOp {
-        target,
+        target: target.into(),
         kind: OpKind::Write,
         columns: vec![
             ("entityid".into(), CellValue::Text(input.entity_id.clone())),

@@ -47,8 +47,8 @@ pub enum OpKind {
 /// One record ready for the sink.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowOp {
-    /// Destination table.
-    pub target: TableRef,
+    /// Destination table (shared by the records routed to it).
+    pub target: Arc<TableRef>,
     /// Write or delete.
     pub kind: OpKind,
     /// Columns in notification order (standard columns first); names lower-case and unique.
@@ -74,7 +74,7 @@ pub struct RecordError {
     /// Index of the entity in `data` (`None` when the whole message failed).
     pub entity_index: Option<usize>,
     /// Destination table when routing succeeded (for the readable statement).
-    pub target: Option<TableRef>,
+    pub target: Option<Arc<TableRef>>,
     /// Columns computed before the failure (for the readable statement).
     pub columns: Vec<(Name, CellValue)>,
     /// The error, lowercase, naming what is wrong.
@@ -130,13 +130,14 @@ fn record(
     opts: &TransformOptions,
 ) -> Result<RowOp, RecordError> {
     let mut columns: Vec<(Name, CellValue)> = Vec::with_capacity(entity.attributes.len() + 5);
-    let fail =
-        |target: Option<TableRef>, columns: Vec<(Name, CellValue)>, message: String| RecordError {
+    let fail = |target: Option<Arc<TableRef>>, columns: Vec<(Name, CellValue)>, message: String| {
+        RecordError {
             entity_index: Some(index),
             target,
             columns,
             message,
-        };
+        }
+    };
     // Moved, not copied: only the attributes are read after this.
     let has_id = entity.id.is_some();
     if let Some(id) = entity.id.take() {
@@ -145,7 +146,7 @@ fn record(
     let entity_type = entity.entity_type.take();
     let routed = entity_type.as_deref().map(|ty| {
         datamodel.clone().and_then(|dm| {
-            route::route(
+            route::route_shared(
                 &headers.service,
                 &headers.servicepath,
                 ty,
@@ -265,8 +266,8 @@ fn in_schema(r: &mut Result<RowOp, RecordError>, schema: &str) {
         Ok(op) => Some(&mut op.target),
         Err(e) => e.target.as_mut(),
     };
-    if let Some(t) = target {
-        t.schema = schema.to_string();
+    if let Some(t) = target.filter(|t| t.schema != schema) {
+        Arc::make_mut(t).schema = schema.to_string();
     }
 }
 
@@ -491,7 +492,7 @@ mod tests {
         ] {
             let op = run(flow, &headers, sample()).remove(0).unwrap();
             assert_eq!(
-                op.target,
+                *op.target,
                 TableRef {
                     schema: "acme".into(),
                     table: table.into()

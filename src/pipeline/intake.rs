@@ -79,7 +79,7 @@ pub(crate) fn intake(settings: &IntakeSettings, record: &Inbound, now: DateTime<
                         source: 0,
                     }),
                     Err(e) => {
-                        let target = e.target.clone().unwrap_or_else(|| TableRef {
+                        let target = e.target.as_deref().cloned().unwrap_or_else(|| TableRef {
                             schema: sanitize(&out.service),
                             table: "unknown_table".into(),
                         });

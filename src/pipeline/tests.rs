@@ -99,7 +99,8 @@ impl WindowSink for FakeSink {
             if locked && id.starts_with('L') {
                 out.deferred.push(i);
                 if !out.locked.contains(&item.op.target) {
-                    out.locked.push(item.op.target.clone());
+                    out.locked
+                        .push(crate::route::TableRef::clone(&item.op.target));
                 }
             } else if self.rejects.contains(&id) {
                 let f = ItemFailure {

@@ -162,7 +162,7 @@ impl FlushWindow {
 
     /// The tables the window's records go to.
     pub(crate) fn tables(&self) -> std::collections::HashSet<&crate::route::TableRef> {
-        self.items.iter().map(|i| &i.op.target).collect()
+        self.items.iter().map(|i| &*i.op.target).collect()
     }
 
     /// Adds a message and what was decoded from it; returns its id.

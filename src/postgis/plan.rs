@@ -105,7 +105,8 @@ mod tests {
                 target: TableRef {
                     schema: "s".into(),
                     table: table.into(),
-                },
+                }
+                .into(),
                 kind,
                 columns,
                 entity_index: 0,

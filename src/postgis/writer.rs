@@ -698,7 +698,8 @@ mod tests {
             target: TableRef {
                 schema: "s".into(),
                 table: "t".into(),
-            },
+            }
+            .into(),
             kind: OpKind::Write,
             columns: vec![
                 ("c".into(), CellValue::Text("z".into())),
