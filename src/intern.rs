@@ -24,30 +24,6 @@ thread_local! {
     static NAMES: RefCell<FxHashSet<Name>> = RefCell::new(FxHashSet::default());
 }
 
-/// The standard columns of a record, in the order transform writes them (Kafnus's).
-pub const STANDARD: [&str; 5] = [
-    "entityid",
-    "entitytype",
-    "fiwareservicepath",
-    "timeinstant",
-    "recvtime",
-];
-
-thread_local! {
-    static STANDARD_NAMES: [Name; 5] = STANDARD.map(intern);
-}
-
-/// The shared name of a standard column without hashing it: `entityid`, `entitytype`,
-/// `fiwareservicepath`, `timeinstant` or `recvtime`.
-///
-/// # Panics
-/// When `text` is not one of them (a programming error).
-pub fn standard(text: &'static str) -> Name {
-    let i = STANDARD.iter().position(|s| *s == text);
-    let i = i.unwrap_or_else(|| panic!("{text:?} is not a standard column"));
-    STANDARD_NAMES.with(|names| Name::clone(&names[i]))
-}
-
 /// The shared [`Name`] for `text`: the one already held by this thread, or a new one.
 pub fn intern(text: &str) -> Name {
     NAMES.with_borrow_mut(|names| {

@@ -214,6 +214,7 @@ thread_local! {
 
 /// [`route`], memoised per thread: the records routed to one table share one [`TableRef`].
 /// Every record used to sanitise and format its names again (about 6 allocations each).
+/// `fixed_schema`, a tenant's own schema (`tenants.toml`), replaces the routed schema.
 ///
 /// # Errors
 /// As [`route`] (errors are not memoised).
@@ -223,6 +224,7 @@ pub fn route_shared(
     entity_type: &str,
     suffix: &str,
     datamodel: Datamodel,
+    fixed_schema: Option<&str>,
 ) -> Result<Arc<TableRef>, RouteError> {
     ROUTES.with_borrow_mut(|RouteMemo { tables, key }| {
         key.clear();
@@ -236,10 +238,17 @@ pub fn route_shared(
             key.extend_from_slice(&part.len().to_le_bytes());
             key.extend_from_slice(part.as_bytes());
         }
+        // No schema and an empty one differ: no length is usize::MAX.
+        key.extend_from_slice(&fixed_schema.map_or(usize::MAX, str::len).to_le_bytes());
+        key.extend_from_slice(fixed_schema.unwrap_or_default().as_bytes());
         if let Some(t) = tables.get(key.as_slice()) {
             return Ok(Arc::clone(t));
         }
-        let t = Arc::new(route(service, servicepath, entity_type, suffix, datamodel)?);
+        let mut t = route(service, servicepath, entity_type, suffix, datamodel)?;
+        if let Some(schema) = fixed_schema {
+            t.schema = schema.to_string();
+        }
+        let t = Arc::new(t);
         if tables.len() >= MAX_ROUTES {
             tables.clear();
         }
@@ -300,13 +309,13 @@ mod tests {
             ("acme", "/", "Spot", "", ByEntityTypeDatabaseSchema),
         ];
         for (service, path, ty, suffix, dm) in cases {
-            let first = route_shared(service, path, ty, suffix, dm);
+            let first = route_shared(service, path, ty, suffix, dm, None);
             assert_eq!(
                 first.clone().map(|t| TableRef::clone(&t)),
                 route(service, path, ty, suffix, dm),
                 "{service} {path} {ty} {suffix} {dm:?}"
             );
-            if let (Ok(a), Ok(b)) = (&first, route_shared(service, path, ty, suffix, dm)) {
+            if let (Ok(a), Ok(b)) = (&first, route_shared(service, path, ty, suffix, dm, None)) {
                 assert!(Arc::ptr_eq(a, &b), "one shared table per route");
             }
         }

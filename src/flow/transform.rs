@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::{EntityDeleteMode, FlowSpec, TimeSource};
-use crate::intern::{intern, standard, Name, STANDARD};
+use crate::intern::{intern, Name};
 use crate::ngsi::value::{attr_cell, AttrValue, CellValue};
 use crate::ngsi::{time, Entity, NgsiHeaders, Notification};
 use crate::route::{self, check_identifier, Datamodel, TableRef};
@@ -82,6 +82,13 @@ pub struct RecordError {
 }
 
 const SKIPPED: [&str; 3] = ["id", "type", "alterationtype"];
+const STANDARD: [&str; 5] = [
+    "entityid",
+    "entitytype",
+    "fiwareservicepath",
+    "timeinstant",
+    "recvtime",
+];
 
 /// Turns a notification into one result per entity, in order. The notification is consumed:
 /// attribute values move into the rows instead of being copied.
@@ -110,11 +117,8 @@ pub fn transform(
         .into_iter()
         .enumerate()
         .map(|(i, e)| {
-            let mut r = record(spec, &headers, e, i, &datamodel, recv_time, opts);
-            if let Some(schema) = fixed_schema {
-                in_schema(&mut r, schema);
-            }
-            r
+            let routing = (&datamodel, fixed_schema);
+            record(spec, &headers, e, i, routing, recv_time, opts)
         })
         .collect()
 }
@@ -125,7 +129,7 @@ fn record(
     headers: &NgsiHeaders,
     mut entity: Entity,
     index: usize,
-    datamodel: &Result<Datamodel, route::RouteError>,
+    (datamodel, fixed_schema): (&Result<Datamodel, route::RouteError>, Option<&str>),
     recv_time: DateTime<Utc>,
     opts: &TransformOptions,
 ) -> Result<RowOp, RecordError> {
@@ -141,7 +145,7 @@ fn record(
     // Moved, not copied: only the attributes are read after this.
     let has_id = entity.id.is_some();
     if let Some(id) = entity.id.take() {
-        columns.push((standard("entityid"), CellValue::Text(id)));
+        columns.push((intern("entityid"), CellValue::Text(id)));
     }
     let entity_type = entity.entity_type.take();
     let routed = entity_type.as_deref().map(|ty| {
@@ -152,14 +156,15 @@ fn record(
                 ty,
                 &spec.table_suffix,
                 dm,
+                fixed_schema,
             )
         })
     });
     if let Some(ty) = entity_type {
-        columns.push((standard("entitytype"), CellValue::Text(ty)));
+        columns.push((intern("entitytype"), CellValue::Text(ty)));
     }
     columns.push((
-        standard("fiwareservicepath"),
+        intern("fiwareservicepath"),
         CellValue::Text(headers.servicepath.clone()),
     ));
     let Some(routed) = routed else {
@@ -180,7 +185,7 @@ fn record(
     }
     // A null value is treated as an absent one (allowed where the flow allows that).
     match time_index(&spec.time_index, &entity, recv_time) {
-        Ok(Some(t)) => columns.push((standard("timeinstant"), CellValue::Instant(t))),
+        Ok(Some(t)) => columns.push((intern("timeinstant"), CellValue::Instant(t))),
         Ok(None) if spec.require_timeinstant => {
             let message = missing_time_index(&spec.time_index, &spec.name);
             return Err(fail(Some(target), columns, message));
@@ -188,7 +193,7 @@ fn record(
         Ok(None) => {}
         Err(message) => return Err(fail(Some(target), columns, message)),
     }
-    columns.push((standard("recvtime"), CellValue::Instant(recv_time)));
+    columns.push((intern("recvtime"), CellValue::Instant(recv_time)));
     let mut errors = Vec::new();
     let mut metadata_columns = Vec::new();
     for mut attr in entity.attributes {
@@ -258,17 +263,6 @@ fn record(
         columns,
         entity_index: index,
     })
-}
-
-/// Puts a record's table in the tenant's fixed schema (`tenants.toml`).
-fn in_schema(r: &mut Result<RowOp, RecordError>, schema: &str) {
-    let target = match r {
-        Ok(op) => Some(&mut op.target),
-        Err(e) => e.target.as_mut(),
-    };
-    if let Some(t) = target.filter(|t| t.schema != schema) {
-        Arc::make_mut(t).schema = schema.to_string();
-    }
 }
 
 /// The record's `timeinstant` from the flow's time index: the first source present and not
