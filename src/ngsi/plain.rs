@@ -14,10 +14,9 @@ use std::fmt;
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
 
-use super::{attribute, attribute_from_json, Entity};
+use super::{attribute, Entity};
 
 /// A plain notification: its entities, and the other members of the body (`subscriptionId`,
 /// routing headers of legacy producers).
@@ -133,9 +132,8 @@ impl<'de> Visitor<'de> for EntityVisitor {
                 "id" => e.id = string(map.next_value()?),
                 "type" => e.entity_type = string(map.next_value()?),
                 _ => {
-                    let raw: &RawValue = map.next_value()?;
-                    let a = read_attribute(name.into_owned(), raw).map_err(de::Error::custom)?;
-                    e.attributes.push(a);
+                    let parts: AttrParts = map.next_value()?;
+                    e.attributes.push(parts.into_attribute(name.into_owned()));
                 }
             }
         }
@@ -169,26 +167,111 @@ fn has_repeated_name(e: &Entity) -> bool {
     }
 }
 
-/// The members of an attribute object this worker reads (others are ignored, as Orion's
-/// future members would be).
-#[derive(Deserialize)]
-struct AttrObject {
-    #[serde(rename = "type")]
+/// One attribute read in the same pass as its entity: an attribute object's `type`, `value`
+/// and `metadata` members (others are ignored, as Orion's future members would be; a repeated
+/// member keeps its last value, as a JSON tree does), or a bare value (keyValues format).
+///
+/// Capturing the attribute as raw text and parsing that text again took a quarter of the core
+/// benchmark's time (a scan to find its end, then the parse).
+struct AttrParts {
     ngsi_type: Option<Json>,
     value: Option<Json>,
     metadata: Option<Json>,
 }
 
-fn read_attribute(name: String, raw: &RawValue) -> Result<super::Attribute, serde_json::Error> {
-    let text = raw.get();
-    // Only an object is read member by member (a struct would also accept an array); a
-    // repeated member makes the derived reader fail, and the general reading applies.
-    if text.starts_with('{') {
-        if let Ok(o) = serde_json::from_str::<AttrObject>(text) {
-            return Ok(attribute(name, o.ngsi_type, o.value, o.metadata));
+impl AttrParts {
+    fn bare(value: Json) -> Self {
+        AttrParts {
+            ngsi_type: None,
+            value: Some(value),
+            metadata: None,
         }
     }
-    Ok(attribute_from_json(name, serde_json::from_str(text)?))
+
+    fn into_attribute(self, name: String) -> super::Attribute {
+        attribute(name, self.ngsi_type, self.value, self.metadata)
+    }
+}
+
+impl<'de> Deserialize<'de> for AttrParts {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(AttrVisitor)
+    }
+}
+
+/// serde_json's `arbitrary_precision` hands a number to `deserialize_any` as a one-member map
+/// under this key, its value the number's lexeme (`serde_json::number::TOKEN`, private; the
+/// test on bare numbers fails if a new serde_json changes it).
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
+struct AttrVisitor;
+
+impl<'de> Visitor<'de> for AttrVisitor {
+    type Value = AttrParts;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an attribute")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AttrParts, A::Error> {
+        let mut parts = AttrParts {
+            ngsi_type: None,
+            value: None,
+            metadata: None,
+        };
+        while let Some(Key(key)) = map.next_key()? {
+            match key.as_ref() {
+                "type" => parts.ngsi_type = Some(map.next_value()?),
+                "value" => parts.value = Some(map.next_value()?),
+                "metadata" => parts.metadata = Some(map.next_value()?),
+                NUMBER_TOKEN => {
+                    let lexeme: String = map.next_value()?;
+                    let n: serde_json::Number = lexeme.parse().map_err(de::Error::custom)?;
+                    return Ok(AttrParts::bare(Json::Number(n)));
+                }
+                _ => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(parts)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<AttrParts, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(item) = seq.next_element::<Json>()? {
+            items.push(item);
+        }
+        Ok(AttrParts::bare(Json::Array(items)))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<AttrParts, E> {
+        Ok(AttrParts::bare(Json::Null))
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<AttrParts, E> {
+        Ok(AttrParts::bare(Json::Bool(v)))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<AttrParts, E> {
+        Ok(AttrParts::bare(Json::from(v)))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<AttrParts, E> {
+        Ok(AttrParts::bare(Json::from(v)))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<AttrParts, E> {
+        Ok(AttrParts::bare(Json::from(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<AttrParts, E> {
+        Ok(AttrParts::bare(Json::String(v.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<AttrParts, E> {
+        Ok(AttrParts::bare(Json::String(v)))
+    }
 }
 
 #[cfg(test)]
@@ -243,8 +326,7 @@ mod tests {
         ] {
             assert!(read(body.as_bytes()).is_none(), "{body}");
         }
-        // A repeated member of an attribute object is left to the general reading of that
-        // attribute alone: the last value wins, as in a JSON tree.
+        // A repeated member of an attribute object keeps its last value, as in a JSON tree.
         let body = r#"{"data": [{"id": "E", "a": {"type": "Number", "value": 1, "value": 2}}]}"#;
         let plain = read(body.as_bytes()).expect("read");
         assert_eq!(plain.entities, general(body).0);
