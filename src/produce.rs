@@ -292,7 +292,7 @@ pub async fn run(args: ProduceArgs) -> Result<(), ProduceError> {
                     continue
                 }
                 (_, Some(m)) => (
-                    m.body.clone(),
+                    m.value.to_string().into_bytes(),
                     OwnedHeaders::new()
                         .insert(Header {
                             key: "Fiware-Service",

@@ -5,9 +5,8 @@
 //! DDL of its 180 tables. `ngsiflow produce --workload multi-tenant` sends it; `scripts/bench.sh`
 //! creates the tables with `--print-ddl`.
 
-use std::io::Write;
-
 use chrono::{TimeZone, Utc};
+use serde_json::{json, Value};
 
 /// Tenants (`fiware-service`).
 pub const SERVICES: [&str; 5] = ["acme", "bravo", "city", "delta", "echo"];
@@ -32,23 +31,14 @@ pub struct WorkloadMessage {
     pub service: &'static str,
     /// `Fiware-Servicepath`.
     pub servicepath: &'static str,
-    /// The entity type (one of [`TYPES`]).
-    pub entity_type: &'static str,
     /// The entity id (the record key, so one entity keeps its order in a partition).
     pub entity_id: String,
-    /// The notification as compact JSON text, members in the order Orion writes them
-    /// (`subscriptionId`, `data`; `id`, `type`, then the attributes).
-    pub body: Vec<u8>,
+    /// The notification.
+    pub value: Value,
 }
 
 /// Notification `i` with one entity out of `entities` per (tenant, path, type); TimeInstants
 /// grow by one millisecond per notification, so historic keys never repeat.
-///
-/// The text is written directly rather than through a `serde_json::Value`: building the tree
-/// cost the load generator about 27 µs of CPU per message on a slow machine, a large share of
-/// two cores it shares with the broker, PostgreSQL and the worker while latency is measured.
-/// Every string it writes is plain ASCII without quotes or backslashes, so none needs escaping;
-/// numbers are written as serde_json writes an `f64` (shortest round-trip form).
 pub fn message(i: u64, entities: u64) -> WorkloadMessage {
     // Mixed radix, so every (flow, tenant, path, type) combination occurs in each 600.
     let flow = match (i / 60) % 10 {
@@ -66,67 +56,40 @@ pub fn message(i: u64, entities: u64) -> WorkloadMessage {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let f = (i % 1000) as f64 / 1000.0;
     let (lat, lon) = (40.4 + f / 10.0, -3.7 + f / 10.0);
-    let mut b = Vec::with_capacity(512);
-    // Writing into a Vec cannot fail.
-    let _ = write!(
-        b,
-        r#"{{"subscriptionId":"ngsiflow-bench","data":[{{"id":"{entity_id}","type":"{ty}","TimeInstant":{{"type":"DateTime","value":"{ts}"}},"#
-    );
-    let _ = match ty {
-        "Sensor" => write!(
-            b,
-            r#""temperature":{{"type":"Number","value":{}}},"active":{{"type":"Boolean","value":{}}},"name":{{"type":"Text","value":"sensor {n}"}},"observedAt":{{"type":"DateTime","value":"{ts}"}},"location":{{"type":"geo:point","value":"{lat:.6}, {lon:.6}"}}"#,
-            Num(15.0 + f * 20.0),
-            i.is_multiple_of(2)
-        ),
-        "Vehicle" => write!(
-            b,
-            r#""speed":{{"type":"Number","value":{}}},"status":{{"type":"Text","value":"{}"}},"position":{{"type":"geo:json","value":{{"type":"Point","coordinates":[{},{}]}}}},"route":{{"type":"geo:json","value":{{"type":"LineString","coordinates":[[{},{}],[{},{}],[{},{}]]}}}}"#,
-            Num(f * 120.0),
-            if i.is_multiple_of(3) {
-                "moving"
-            } else {
-                "parked"
-            },
-            Num(lon),
-            Num(lat),
-            Num(lon),
-            Num(lat),
-            Num(lon + 0.001),
-            Num(lat + 0.001),
-            Num(lon + 0.002),
-            Num(lat)
-        ),
-        _ => write!(
-            b,
-            r#""occupied":{{"type":"Boolean","value":{}}},"config":{{"type":"StructuredValue","value":{{"mode":"auto","limits":[1,2.5]}}}},"updatedAt":{{"type":"DateTime","value":"{ts}"}},"area":{{"type":"geo:polygon","value":["{lat:.6}, {lon:.6}","{:.6}, {lon:.6}","{:.6}, {:.6}","{lat:.6}, {lon:.6}"]}}"#,
-            i.is_multiple_of(5),
-            lat + 0.001,
-            lat + 0.001,
-            lon + 0.001
-        ),
+    let attrs = match ty {
+        "Sensor" => json!({
+            "temperature": {"type": "Number", "value": 15.0 + f * 20.0},
+            "active": {"type": "Boolean", "value": i.is_multiple_of(2)},
+            "name": {"type": "Text", "value": format!("sensor {n}")},
+            "observedAt": {"type": "DateTime", "value": ts},
+            "location": {"type": "geo:point", "value": format!("{lat:.6}, {lon:.6}")}
+        }),
+        "Vehicle" => json!({
+            "speed": {"type": "Number", "value": f * 120.0},
+            "status": {"type": "Text", "value": if i.is_multiple_of(3) { "moving" } else { "parked" }},
+            "position": {"type": "geo:json", "value": {"type": "Point", "coordinates": [lon, lat]}},
+            "route": {"type": "geo:json", "value": {"type": "LineString", "coordinates": [[lon, lat], [lon + 0.001, lat + 0.001], [lon + 0.002, lat]]}}
+        }),
+        _ => json!({
+            "occupied": {"type": "Boolean", "value": i.is_multiple_of(5)},
+            "config": {"type": "StructuredValue", "value": {"mode": "auto", "limits": [1, 2.5]}},
+            "updatedAt": {"type": "DateTime", "value": ts},
+            "area": {"type": "geo:polygon", "value": [
+                format!("{lat:.6}, {lon:.6}"), format!("{:.6}, {lon:.6}", lat + 0.001),
+                format!("{:.6}, {:.6}", lat + 0.001, lon + 0.001), format!("{lat:.6}, {lon:.6}")]}
+        }),
     };
-    b.extend_from_slice(b"}]}");
+    let mut entity = json!({"id": entity_id, "type": ty,
+        "TimeInstant": {"type": "DateTime", "value": ts}});
+    for (k, v) in attrs.as_object().expect("attributes are an object") {
+        entity[k] = v.clone();
+    }
     WorkloadMessage {
         flow,
         service,
         servicepath,
-        entity_type: ty,
         entity_id,
-        body: b,
-    }
-}
-
-/// An `f64` in JSON as serde_json writes it (ryu's shortest round-trip form, `15.0` not `15`).
-struct Num(f64);
-
-impl std::fmt::Display for Num {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut text = [0u8; 32];
-        let mut out = &mut text[..];
-        serde_json::to_writer(&mut out, &self.0).map_err(|_| std::fmt::Error)?;
-        let len = 32 - out.len();
-        f.write_str(std::str::from_utf8(&text[..len]).map_err(|_| std::fmt::Error)?)
+        value: json!({"subscriptionId": "ngsiflow-bench", "data": [entity]}),
     }
 }
 
@@ -168,60 +131,7 @@ mod tests {
     use crate::flow::shipped_flow;
     use crate::flow::transform::{transform, TransformOptions};
     use crate::ngsi::decode;
-    use serde_json::{json, Value};
     use std::collections::{BTreeMap, BTreeSet};
-
-    /// The workload's notification `i` as a JSON tree (the definition the text writer must
-    /// match byte for byte: serde_json with `preserve_order` writes members in insertion order).
-    fn structured(i: u64, entities: u64) -> Value {
-        let ty = TYPES[((i / 20) % 3) as usize];
-        let n = (i / 600) % entities.max(1);
-        let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-        let ts = (t0 + chrono::Duration::milliseconds(i as i64))
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let f = (i % 1000) as f64 / 1000.0;
-        let (lat, lon) = (40.4 + f / 10.0, -3.7 + f / 10.0);
-        let attrs = match ty {
-            "Sensor" => json!({
-                "temperature": {"type": "Number", "value": 15.0 + f * 20.0},
-                "active": {"type": "Boolean", "value": i.is_multiple_of(2)},
-                "name": {"type": "Text", "value": format!("sensor {n}")},
-                "observedAt": {"type": "DateTime", "value": ts},
-                "location": {"type": "geo:point", "value": format!("{lat:.6}, {lon:.6}")}
-            }),
-            "Vehicle" => json!({
-                "speed": {"type": "Number", "value": f * 120.0},
-                "status": {"type": "Text", "value": if i.is_multiple_of(3) { "moving" } else { "parked" }},
-                "position": {"type": "geo:json", "value": {"type": "Point", "coordinates": [lon, lat]}},
-                "route": {"type": "geo:json", "value": {"type": "LineString", "coordinates": [[lon, lat], [lon + 0.001, lat + 0.001], [lon + 0.002, lat]]}}
-            }),
-            _ => json!({
-                "occupied": {"type": "Boolean", "value": i.is_multiple_of(5)},
-                "config": {"type": "StructuredValue", "value": {"mode": "auto", "limits": [1, 2.5]}},
-                "updatedAt": {"type": "DateTime", "value": ts},
-                "area": {"type": "geo:polygon", "value": [
-                    format!("{lat:.6}, {lon:.6}"), format!("{:.6}, {lon:.6}", lat + 0.001),
-                    format!("{:.6}, {:.6}", lat + 0.001, lon + 0.001), format!("{lat:.6}, {lon:.6}")]}
-            }),
-        };
-        let mut entity = json!({"id": format!("{ty}:{n}"), "type": ty,
-            "TimeInstant": {"type": "DateTime", "value": ts}});
-        for (k, v) in attrs.as_object().unwrap() {
-            entity[k] = v.clone();
-        }
-        json!({"subscriptionId": "ngsiflow-bench", "data": [entity]})
-    }
-
-    #[test]
-    fn the_written_text_is_the_json_tree_serde_json_would_write() {
-        for i in (0..3000).chain([123_456_789, u64::from(u32::MAX) + 7]) {
-            let m = message(i, 100);
-            let want = structured(i, 100);
-            assert_eq!(String::from_utf8(m.body).unwrap(), want.to_string(), "{i}");
-            assert_eq!(m.entity_id, want["data"][0]["id"], "{i}");
-            assert_eq!(m.entity_type, want["data"][0]["type"], "{i}");
-        }
-    }
 
     #[test]
     fn the_workload_spreads_over_180_tables_in_the_stated_mix_and_matches_its_ddl() {
@@ -232,12 +142,12 @@ mod tests {
             let m = message(i, 10);
             *per_flow.entry(m.flow).or_default() += 1;
             let spec = &shipped_flow(m.flow);
-            let v = &m.body;
+            let v = m.value.to_string();
             let headers = [
                 ("fiware-service", m.service.as_bytes()),
                 ("fiware-servicepath", m.servicepath.as_bytes()),
             ];
-            let n = decode(Some(v), &headers).unwrap();
+            let n = decode(Some(v.as_bytes()), &headers).unwrap();
             for r in transform(spec, n, Utc::now(), &TransformOptions::default()) {
                 let op = r.unwrap_or_else(|e| panic!("{i}: {}", e.message));
                 let name = format!("{}.{}", op.target.schema, op.target.table);
@@ -246,7 +156,7 @@ mod tests {
                     "{name}"
                 );
                 for (c, _) in &op.columns {
-                    let ty_cols = columns(m.entity_type);
+                    let ty_cols = columns(m.value["data"][0]["type"].as_str().unwrap());
                     let standard = [
                         "recvtime",
                         "fiwareservicepath",
