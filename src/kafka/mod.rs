@@ -124,7 +124,7 @@ pub struct FlowStatus {
     /// broker, from librdkafka's statistics (`brokers[].rxidle` of brokers in state `UP`,
     /// subtracted from the time the statistics arrived); -1 when no broker connection was up.
     /// A healthy consumer hears from the broker at every fetch long-poll (`fetch.wait.max.ms`,
-    /// 500 ms) and group heartbeat (2 s), paused or not. Statistics arrive while the flow polls
+    /// 100 ms) and group heartbeat (2 s), paused or not. Statistics arrive while the flow polls
     /// its consumer, so a flow blocked in a commit to a frozen broker shows as silent too.
     pub broker_heard_ms: AtomicI64,
     /// Unix time in milliseconds of the last offset commit that failed, 0 once one succeeds.
