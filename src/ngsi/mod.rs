@@ -62,52 +62,62 @@ impl NgsiHeaders {
     where
         I: IntoIterator<Item = (&'a str, &'a [u8])>,
     {
-        let mut service = None;
-        let mut servicepath = None;
-        let mut datamodel = None;
-        let mut correlator = None;
+        // Only the four routing headers are read, borrowed until normalised (one allocation
+        // each): a copy of every header and its lower-cased name cost 2 % of the core benchmark.
+        let mut found: [Option<std::borrow::Cow<'a, str>>; 4] = Default::default();
         for (name, value) in pairs {
-            let value = String::from_utf8_lossy(value).trim().to_string();
-            match name.to_ascii_lowercase().as_str() {
-                "fiware-service" => service = Some(value),
-                "fiware-servicepath" => servicepath = Some(value),
-                "fiware-datamodel" => datamodel = Some(value),
-                "fiware-correlator" => correlator = Some(value),
-                _ => {}
+            let slot = ROUTING_HEADERS
+                .iter()
+                .position(|h| name.eq_ignore_ascii_case(h));
+            if let Some(k) = slot {
+                found[k] = Some(String::from_utf8_lossy(value));
             }
         }
-        Self::normalise(service, servicepath, datamodel, correlator)
+        let [service, servicepath, datamodel, correlator] = found;
+        Self::normalise(
+            service.as_deref(),
+            servicepath.as_deref(),
+            datamodel.as_deref(),
+            correlator.as_deref(),
+        )
     }
 
     fn normalise(
-        service: Option<String>,
-        servicepath: Option<String>,
-        datamodel: Option<String>,
-        correlator: Option<String>,
+        service: Option<&str>,
+        servicepath: Option<&str>,
+        datamodel: Option<&str>,
+        correlator: Option<&str>,
     ) -> Self {
-        let service = match service {
-            Some(s) if !s.trim().is_empty() => s.trim().to_lowercase(),
-            _ => DEFAULT_SERVICE.to_string(),
+        let service = match present(service) {
+            Some(s) => s.to_lowercase(),
+            None => DEFAULT_SERVICE.to_string(),
         };
-        let servicepath = match servicepath {
-            Some(p) if !p.trim().is_empty() => {
-                let p = p.trim().to_lowercase();
-                if p.starts_with('/') {
-                    p
-                } else {
-                    format!("/{p}")
-                }
-            }
-            _ => DEFAULT_SERVICEPATH.to_string(),
+        let servicepath = match present(servicepath) {
+            Some(p) if p.starts_with('/') => p.to_lowercase(),
+            Some(p) => format!("/{}", p.to_lowercase()),
+            None => DEFAULT_SERVICEPATH.to_string(),
         };
         NgsiHeaders {
             service,
             servicepath,
-            datamodel: datamodel.filter(|d| !d.trim().is_empty()),
-            correlator: correlator.filter(|c| !c.is_empty()),
+            datamodel: present(datamodel).map(str::to_string),
+            correlator: present(correlator).map(str::to_string),
         }
     }
 }
+
+/// `v` trimmed, when present and not blank.
+fn present(v: Option<&str>) -> Option<&str> {
+    v.map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// The headers [`NgsiHeaders::from_pairs`] reads, in the order of its fields.
+const ROUTING_HEADERS: [&str; 4] = [
+    "fiware-service",
+    "fiware-servicepath",
+    "fiware-datamodel",
+    "fiware-correlator",
+];
 
 /// One NGSI attribute as notified in normalized format: `{"type": T, "value": V, "metadata": {}}`.
 /// Metadata is kept for flows that store it (`store_metadata`) or take their time index from it
@@ -185,7 +195,8 @@ pub fn decode(
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(DecodeError::EmptyValue);
     }
-    let (body, entities) = match plain::read(bytes) {
+    // Input that is not UTF-8 is left to the general path, which gives the error.
+    let (body, entities) = match std::str::from_utf8(bytes).ok().and_then(plain::read) {
         Some(plain) => (plain.rest, Some(plain.entities)),
         None => {
             let root: Json = serde_json::from_slice(bytes)
@@ -282,7 +293,12 @@ fn body_headers(obj: &Map<String, Json>) -> Option<NgsiHeaders> {
     if service.is_none() && servicepath.is_none() {
         return None;
     }
-    Some(NgsiHeaders::normalise(service, servicepath, None, None))
+    Some(NgsiHeaders::normalise(
+        service.as_deref(),
+        servicepath.as_deref(),
+        None,
+        None,
+    ))
 }
 
 /// Converts a Cygnus-style NGSIv1 body `{"entityId", "entityType", "attributes": [{"attrName",
@@ -456,6 +472,27 @@ mod tests {
             Err(DecodeError::MissingData)
         );
         assert_eq!(decode(Some(b"[1,2]"), &[]), Err(DecodeError::MissingData));
+    }
+
+    #[test]
+    fn input_that_is_not_utf8_is_an_error_and_header_values_are_read_lossily() {
+        let bad = b"{\"data\":[{\"id\":\"E\xff\",\"type\":\"T\"}]}";
+        let want = serde_json::from_slice::<Json>(bad).unwrap_err().to_string();
+        assert_eq!(decode(Some(bad), &[]), Err(DecodeError::InvalidJson(want)));
+        let n = decode(
+            Some(br#"{"data":[{"id":"E","type":"T"}]}"#),
+            &[
+                ("Fiware-Service", b" De\xffmo "),
+                ("X-Other", b"\xfe"),
+                ("fiware-servicepath", b"c\xfe"),
+                ("Fiware-Correlator", b"  "),
+            ],
+        )
+        .unwrap();
+        assert_eq!(n.headers.service, "de\u{fffd}mo");
+        assert_eq!(n.headers.servicepath, "/c\u{fffd}");
+        assert_eq!(n.headers.correlator, None);
+        assert_eq!(n.entities[0].id.as_deref(), Some("E"));
     }
 
     #[test]

@@ -25,9 +25,12 @@ pub(super) struct Plain {
     pub(super) rest: Map<String, Json>,
 }
 
-/// Reads `bytes` as a plain notification; `None` when it is anything else.
-pub(super) fn read(bytes: &[u8]) -> Option<Plain> {
-    let body: Body = serde_json::from_slice(bytes).ok()?;
+/// Reads `text` as a plain notification; `None` when it is anything else.
+///
+/// It takes text the caller validated as UTF-8 in one pass: reading bytes, serde_json
+/// validates each string on its own, which cost 5 % of the core benchmark.
+pub(super) fn read(text: &str) -> Option<Plain> {
+    let body: Body = serde_json::from_str(text).ok()?;
     Some(Plain {
         entities: body.data?,
         rest: body.rest,
@@ -307,7 +310,7 @@ mod tests {
             r#"{"headers": {"fiware-service": "a"}, "data": [{"id": "E", "type": "T", "x": {"type": "Text", "value": "\u00e9\n\"q\""}}]}"#,
         ];
         for body in bodies {
-            let plain = read(body.as_bytes()).unwrap_or_else(|| panic!("gave up on {body}"));
+            let plain = read(body).unwrap_or_else(|| panic!("gave up on {body}"));
             let (entities, sub) = general(body);
             assert_eq!(plain.entities, entities, "{body}");
             assert_eq!(plain.rest.get("subscriptionId").cloned(), sub, "{body}");
@@ -324,11 +327,11 @@ mod tests {
             r#"[{"data": []}]"#,
             r#"{"data": [}"#,
         ] {
-            assert!(read(body.as_bytes()).is_none(), "{body}");
+            assert!(read(body).is_none(), "{body}");
         }
         // A repeated member of an attribute object keeps its last value, as in a JSON tree.
         let body = r#"{"data": [{"id": "E", "a": {"type": "Number", "value": 1, "value": 2}}]}"#;
-        let plain = read(body.as_bytes()).expect("read");
+        let plain = read(body).expect("read");
         assert_eq!(plain.entities, general(body).0);
         assert_eq!(plain.entities[0].attributes[0].value, serde_json::json!(2));
     }
@@ -337,14 +340,11 @@ mod tests {
     fn many_attributes_are_checked_for_repeats_by_hash() {
         let attrs: Vec<String> = (0..100).map(|i| format!("\"a{i}\": {i}")).collect();
         let body = format!(r#"{{"data": [{{"id": "E", {}}}]}}"#, attrs.join(", "));
-        assert_eq!(
-            read(body.as_bytes()).unwrap().entities[0].attributes.len(),
-            100
-        );
+        assert_eq!(read(&body).unwrap().entities[0].attributes.len(), 100);
         let body = format!(
             r#"{{"data": [{{"id": "E", {}, "a7": 0}}]}}"#,
             attrs.join(", ")
         );
-        assert!(read(body.as_bytes()).is_none());
+        assert!(read(&body).is_none());
     }
 }
