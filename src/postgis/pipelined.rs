@@ -118,12 +118,14 @@ impl Writer<'_> {
         let sent = ready
             .iter()
             .zip(&params)
-            .map(|(g, p)| tx.query(&g.statement, p));
+            // Rows are counted from each command tag (`INSERT 0 n`, `DELETE n`): a `RETURNING`
+            // row per written row cost PostgreSQL a result row and the worker a parsed one.
+            .map(|(g, p)| tx.execute(&g.statement, p));
         let results = join_all(sent).await;
         self.out.statements += ready.len() as u64;
         for (g, result) in ready.iter().zip(results) {
             match result {
-                Ok(returned) if self.count(g, returned.len() as u64) => {}
+                Ok(affected) if self.count(g, affected) => {}
                 Ok(_) => return Err(Fast::Careful),
                 // After the first failure every later statement fails as "transaction
                 // aborted"; the first one says what happened.
@@ -135,11 +137,11 @@ impl Writer<'_> {
 
     /// Counts a statement's rows; false when an insert met a conflict (a replay, or a
     /// duplicate key to report), which only the careful attempt can tell apart.
-    fn count(&mut self, g: &ReadyGroup, returned: u64) -> bool {
+    fn count(&mut self, g: &ReadyGroup, affected: u64) -> bool {
         match (g.kind, self.spec.write_mode) {
             (OpKind::Delete, _) => self.out.deleted += g.rows,
-            (_, WriteMode::Insert) if returned < g.rows => return false,
-            (_, mode) => count_written(self.out, mode, g.rows, returned),
+            (_, WriteMode::Insert) if affected < g.rows => return false,
+            (_, mode) => count_written(self.out, mode, g.rows, affected),
         }
         true
     }

@@ -68,9 +68,10 @@ fn column_list(cols: &[Col<'_>]) -> String {
         .join(", ")
 }
 
-/// The write statement of a group of rows sharing table and column set. It returns one row per
-/// row actually inserted or updated, so `rows.len()` counts written rows:
-/// * `Insert`: `… ON CONFLICT DO NOTHING` (a conflicting row returns nothing and is then checked
+/// The write statement of a group of rows sharing table and column set. Its command tag counts
+/// the rows actually inserted or updated (PostgreSQL, "INSERT": the count excludes rows skipped
+/// by `ON CONFLICT DO NOTHING` or by the `DO UPDATE`'s `WHERE`):
+/// * `Insert`: `… ON CONFLICT DO NOTHING` (a conflicting row is not counted and is then checked
 ///   for being an identical replay);
 /// * `Upsert`: `… ON CONFLICT (<keys>) DO UPDATE SET <non-key columns> = EXCLUDED.<col>`;
 /// * `UpsertIfNewer`: the same plus `WHERE EXCLUDED.timeinstant >= cur.timeinstant OR
@@ -124,7 +125,6 @@ pub fn write_statement(
             }
         }
     }
-    sql.push_str(" RETURNING 1");
     sql
 }
 
@@ -163,7 +163,7 @@ pub fn identical_row_exists(table: &TableRef, cols: &[Col<'_>], keys: &[String])
 /// Deletes entities by id: one `text[]` parameter; returns one row per deleted row.
 pub fn delete_statement(table: &TableRef) -> String {
     format!(
-        "DELETE FROM {} WHERE \"entityid\" = ANY($1::text[]) RETURNING 1",
+        "DELETE FROM {} WHERE \"entityid\" = ANY($1::text[])",
         table.quoted()
     )
 }
@@ -377,11 +377,11 @@ mod tests {
     fn golden_statements() {
         assert_eq!(
             write_statement(&t(), &COLS, WriteMode::Insert, &[], false),
-            "INSERT INTO \"acme\".\"p_t_lastdata\" AS cur (\"entityid\", \"timeinstant\", \"temp\") SELECT u.c1::text, u.c2::timestamp with time zone, u.c3::numeric FROM unnest($1::text[], $2::timestamptz[], $3::text[]) AS u(c1, c2, c3) ON CONFLICT DO NOTHING RETURNING 1"
+            "INSERT INTO \"acme\".\"p_t_lastdata\" AS cur (\"entityid\", \"timeinstant\", \"temp\") SELECT u.c1::text, u.c2::timestamp with time zone, u.c3::numeric FROM unnest($1::text[], $2::timestamptz[], $3::text[]) AS u(c1, c2, c3) ON CONFLICT DO NOTHING"
         );
         assert_eq!(
             write_statement(&t(), &COLS, WriteMode::UpsertIfNewer, &["entityid".into()], false),
-            "INSERT INTO \"acme\".\"p_t_lastdata\" AS cur (\"entityid\", \"timeinstant\", \"temp\") SELECT u.c1::text, u.c2::timestamp with time zone, u.c3::numeric FROM unnest($1::text[], $2::timestamptz[], $3::text[]) AS u(c1, c2, c3) ON CONFLICT (\"entityid\") DO UPDATE SET \"timeinstant\" = EXCLUDED.\"timeinstant\", \"temp\" = EXCLUDED.\"temp\" WHERE EXCLUDED.\"timeinstant\" >= cur.\"timeinstant\" OR cur.\"timeinstant\" IS NULL RETURNING 1"
+            "INSERT INTO \"acme\".\"p_t_lastdata\" AS cur (\"entityid\", \"timeinstant\", \"temp\") SELECT u.c1::text, u.c2::timestamp with time zone, u.c3::numeric FROM unnest($1::text[], $2::timestamptz[], $3::text[]) AS u(c1, c2, c3) ON CONFLICT (\"entityid\") DO UPDATE SET \"timeinstant\" = EXCLUDED.\"timeinstant\", \"temp\" = EXCLUDED.\"temp\" WHERE EXCLUDED.\"timeinstant\" >= cur.\"timeinstant\" OR cur.\"timeinstant\" IS NULL"
         );
         let no_ti = [COLS[0].clone(), COLS[2].clone()];
         assert!(!write_statement(
@@ -393,7 +393,7 @@ mod tests {
         )
         .contains("WHERE"));
         assert!(write_statement(&t(), &COLS, WriteMode::Upsert, &["entityid".into(), "timeinstant".into()], false)
-            .ends_with("ON CONFLICT (\"entityid\", \"timeinstant\") DO UPDATE SET \"temp\" = EXCLUDED.\"temp\" RETURNING 1"));
+            .ends_with("ON CONFLICT (\"entityid\", \"timeinstant\") DO UPDATE SET \"temp\" = EXCLUDED.\"temp\""));
         assert!(!write_statement(&t(), &COLS, WriteMode::Insert, &[], true).contains("CONFLICT"));
     }
 

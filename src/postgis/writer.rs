@@ -273,7 +273,7 @@ impl Writer<'_> {
             Ok(stmt) => {
                 let params: Vec<&(dyn ToSql + Sync)> =
                     arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-                sp.query(&stmt, &params).await.map(|rows| rows.len() as u64)
+                sp.execute(&stmt, &params).await
             }
             Err(e) => Err(e),
         };
@@ -499,12 +499,12 @@ fn prune_null_only(items: &[WriteItem], group: &Group, meta: &TableMeta) -> Opti
 }
 
 /// Counts a write statement that settled all its `total` rows on its own (anything but an
-/// insert that met a conflict): `returned` rows were written; under `upsert_if_newer` the
+/// insert that met a conflict): `affected` rows were written; under `upsert_if_newer` the
 /// others were older than the stored row.
-pub(crate) fn count_written(out: &mut WindowOutcome, mode: WriteMode, total: u64, returned: u64) {
-    out.written += returned;
+pub(crate) fn count_written(out: &mut WindowOutcome, mode: WriteMode, total: u64, affected: u64) {
+    out.written += affected;
     if mode == WriteMode::UpsertIfNewer {
-        out.stale_ignored += total.saturating_sub(returned);
+        out.stale_ignored += total.saturating_sub(affected);
     }
 }
 
