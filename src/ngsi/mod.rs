@@ -217,7 +217,9 @@ fn finish(
     headers: &[(&str, &[u8])],
 ) -> Result<Notification, DecodeError> {
     let has_routing_headers = headers.iter().any(|(n, _)| {
-        n.eq_ignore_ascii_case("fiware-service") || n.eq_ignore_ascii_case("fiware-servicepath")
+        ROUTING_HEADERS[..2]
+            .iter()
+            .any(|h| n.eq_ignore_ascii_case(h))
     });
     let headers = if has_routing_headers || body_headers.is_none() {
         NgsiHeaders::from_pairs(headers.iter().copied())
@@ -278,11 +280,11 @@ fn unwrap_envelope(root: Json) -> Result<(Map<String, Json>, Option<NgsiHeaders>
 }
 
 fn body_headers(obj: &Map<String, Json>) -> Option<NgsiHeaders> {
-    let lookup = |m: &Map<String, Json>, key: &str| {
+    fn lookup<'m>(m: &'m Map<String, Json>, key: &str) -> Option<&'m str> {
         m.iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .and_then(|(_, v)| v.as_str().map(str::to_string))
-    };
+            .and_then(|(_, v)| v.as_str())
+    }
     let (service, servicepath) = match obj.get("headers") {
         Some(Json::Object(h)) => (lookup(h, "fiware-service"), lookup(h, "fiware-servicepath")),
         _ => (
@@ -293,12 +295,7 @@ fn body_headers(obj: &Map<String, Json>) -> Option<NgsiHeaders> {
     if service.is_none() && servicepath.is_none() {
         return None;
     }
-    Some(NgsiHeaders::normalise(
-        service.as_deref(),
-        servicepath.as_deref(),
-        None,
-        None,
-    ))
+    Some(NgsiHeaders::normalise(service, servicepath, None, None))
 }
 
 /// Converts a Cygnus-style NGSIv1 body `{"entityId", "entityType", "attributes": [{"attrName",
