@@ -84,12 +84,17 @@ impl Writer<'_> {
             sql::delete_statement(&group.target)
         } else {
             let cols = columns(group, &meta);
+            // An insert-only flow sends a plain INSERT here: `ON CONFLICT DO NOTHING` makes
+            // PostgreSQL probe every unique index before inserting (16 % of its CPU in a
+            // drain), and a conflict sends the window to the careful attempt either way (as a
+            // failed statement instead of a short count), where replays are told apart.
+            let plain = self.spec.write_mode == WriteMode::Insert;
             sql::write_statement(
                 &group.target,
                 &cols,
                 self.spec.write_mode,
                 &self.spec.key_columns,
-                false,
+                plain,
             )
         };
         let statement = self.prepare(tx, &sql).await.map_err(|e| self.gave_up(e))?;
