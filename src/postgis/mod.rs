@@ -23,15 +23,16 @@ pub(crate) mod plan;
 pub(crate) mod readable;
 pub mod retention;
 pub(crate) mod sql;
+pub(crate) mod statements;
 pub mod tls;
 pub(crate) mod writer;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::Client;
 
 use crate::flow::transform::RowOp;
 use crate::flow::FlowSpec;
@@ -214,7 +215,7 @@ pub struct Sink {
     endpoint: PgEndpoint,
     client: Option<Client>,
     meta: MetaCache,
-    statements: HashMap<String, Statement>,
+    statements: statements::Statements,
     error_logs: ErrorLogs,
     connect_timeout: Duration,
     window_timeout: Duration,
@@ -239,7 +240,7 @@ impl Sink {
             endpoint,
             client: None,
             meta: MetaCache::default(),
-            statements: HashMap::new(),
+            statements: statements::Statements::default(),
             error_logs: ErrorLogs::new(fallback_error_log),
             connect_timeout: Duration::from_secs(10),
             window_timeout,

@@ -9,6 +9,8 @@
 //! transaction back and writes the window again with [`super::writer::Writer::write_group`],
 //! statement by statement, each in a savepoint, where every such case has its handling.
 
+use std::sync::Arc;
+
 use futures::future::join_all;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Statement, Transaction};
@@ -19,7 +21,9 @@ use crate::flow::WriteMode;
 use super::bind::Bound;
 use super::error::{classify, is_lock_timeout, is_lost_prepared_statement, ErrorClass};
 use super::evolve::Prepared;
+use super::meta::TableMeta;
 use super::plan::Group;
+use super::statements::Shape;
 use super::writer::{columns, count_written, RowBinder, Writer};
 use super::{sql, transient, TransientError, WriteItem};
 
@@ -74,16 +78,43 @@ impl Writer<'_> {
                 a.push(v.map_err(|_| Fast::Careful)?);
             }
         }
-        let sql = if group.kind == OpKind::Delete {
+        if group.kind == OpKind::Delete {
             let id = group
                 .columns
                 .iter()
                 .position(|c| c == "entityid")
                 .ok_or(Fast::Careful)?;
             arrays = vec![arrays.swap_remove(id)];
+        }
+        let statement = self.statement(tx, group, &meta).await?;
+        Ok(ReadyGroup {
+            statement,
+            arrays,
+            rows: group.items.len() as u64,
+            kind: group.kind,
+        })
+    }
+
+    /// The group's prepared write statement, found by its shape, or built and prepared.
+    async fn statement(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        group: &Group,
+        meta: &Arc<TableMeta>,
+    ) -> Result<Statement, Fast> {
+        let shape = Shape {
+            kind: group.kind,
+            mode: self.spec.write_mode,
+            keys: &self.spec.key_columns,
+            columns: &group.columns,
+            meta,
+        };
+        if let Some(s) = self.statements.by_shape(&group.target, &shape) {
+            return Ok(s);
+        }
+        let sql = if group.kind == OpKind::Delete {
             sql::delete_statement(&group.target)
         } else {
-            let cols = columns(group, &meta);
             // An insert-only flow sends a plain INSERT here: `ON CONFLICT DO NOTHING` makes
             // PostgreSQL probe every unique index before inserting (16 % of its CPU in a
             // drain), and a conflict sends the window to the careful attempt either way (as a
@@ -91,19 +122,16 @@ impl Writer<'_> {
             let plain = self.spec.write_mode == WriteMode::Insert;
             sql::write_statement(
                 &group.target,
-                &cols,
+                &columns(group, meta),
                 self.spec.write_mode,
                 &self.spec.key_columns,
                 plain,
             )
         };
         let statement = self.prepare(tx, &sql).await.map_err(|e| self.gave_up(e))?;
-        Ok(ReadyGroup {
-            statement,
-            arrays,
-            rows: group.items.len() as u64,
-            kind: group.kind,
-        })
+        self.statements
+            .insert_shape(&group.target, &shape, statement.clone());
+        Ok(statement)
     }
 
     /// Sends every ready group's statement at once and counts what they did.

@@ -8,8 +8,6 @@
 //! first pass suggests the table changed (an unknown column, a value that does not bind, a
 //! stale-metadata SQLSTATE) — with metadata read again. Nothing recurses.
 
-use std::collections::HashMap;
-
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Statement, Transaction};
 
@@ -26,10 +24,8 @@ use super::meta::{ColumnInfo, MetaCache, TableMeta};
 use super::plan::Group;
 use super::readable::{typed_query, untyped_query};
 use super::sql::{self, Col};
+use super::statements::Statements;
 use super::{transient, ItemFailure, TransientError, WindowOutcome, WriteItem};
-
-/// Prepared statements kept per connection before the cache is reset.
-const MAX_CACHED_STATEMENTS: usize = 512;
 
 /// Writes groups of one window; counts what happened in `out`.
 ///
@@ -38,7 +34,7 @@ const MAX_CACHED_STATEMENTS: usize = 512;
 /// statement in a savepoint, so that good rows commit and bad ones are reported.
 pub(crate) struct Writer<'a> {
     pub(crate) meta: &'a mut MetaCache,
-    pub(crate) statements: &'a mut HashMap<String, Statement>,
+    pub(crate) statements: &'a mut Statements,
     pub(crate) spec: &'a FlowSpec,
     pub(crate) out: &'a mut WindowOutcome,
 }
@@ -248,15 +244,12 @@ impl Writer<'_> {
         sql: &str,
     ) -> Result<Statement, tokio_postgres::Error> {
         if let Some(s) = self.statements.get(sql) {
-            return Ok(s.clone());
+            return Ok(s);
         }
         // Every parameter is cast in the statement text (`$1::float8[]`), which gives its type;
         // `geometry[]` has no fixed type id to name here.
         let stmt = tx.prepare(sql).await?;
-        if self.statements.len() >= MAX_CACHED_STATEMENTS {
-            self.statements.clear();
-        }
-        self.statements.insert(sql.to_string(), stmt.clone());
+        self.statements.insert(sql, stmt.clone());
         Ok(stmt)
     }
 
