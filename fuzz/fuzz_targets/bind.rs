@@ -11,7 +11,7 @@
 
 use chrono::DateTime;
 use libfuzzer_sys::fuzz_target;
-use ngsiflow::ngsi::time;
+use ngsiflow::ngsi::{geo, time};
 use ngsiflow::ngsi::value::{self, AttrValue, CellValue};
 use ngsiflow::postgis::bind::{bind_text, ColumnKind};
 use serde_json::Value as Json;
@@ -67,7 +67,20 @@ const COLUMNS: [&str; 4] = ["temperature", "a\"b", "", "İ\u{0}x"];
 /// when transform would reject the record.
 fn attr_cell(ngsi_type: Option<&str>, value: Json) -> Option<CellValue> {
     let shown = value.to_string();
-    let cell = value::attr_cell(ngsi_type, value, 4326).ok()?;
+    // Geometries are read from the value's text, not from a tree: the same bytes and messages.
+    let tree_ewkb = ngsi_type
+        .filter(|t| geo::is_geo_type(t) && !value.is_null())
+        .map(|t| geo::to_ewkb(t, &value, 4326).map_err(|e| e.to_string()));
+    let cell = value::attr_cell(ngsi_type, value.into(), 4326);
+    if let Some(want) = tree_ewkb {
+        let got = match &cell {
+            Ok(CellValue::Attr(AttrValue { ewkb: Some(e), .. })) => Ok(e.to_vec()),
+            Ok(other) => panic!("geo value without EWKB: {other:?}"),
+            Err(e) => Err(e.clone()),
+        };
+        assert_eq!(got, want, "{ngsi_type:?} {shown}");
+    }
+    let cell = cell.ok()?;
     if let CellValue::Attr(AttrValue { ewkb: Some(e), .. }) = &cell {
         assert!(!e.is_empty(), "empty EWKB for {ngsi_type:?} {shown}");
     }

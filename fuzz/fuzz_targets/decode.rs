@@ -1,11 +1,12 @@
 //! `decode` (and the errors flow's `connect_error`) on an arbitrary Kafka record: routing
 //! headers chosen by the first bytes (including non-UTF-8 values), the rest as the value.
-//! Must never panic; a decoded notification has normalised routing headers.
+//! Must never panic; a decoded notification has normalised routing headers, and the same
+//! entities when the general path reads it.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use ngsiflow::flow::transform::connect_error;
-use ngsiflow::ngsi::decode;
+use ngsiflow::ngsi::{decode, DecodeError};
 use ngsiflow::route::{error_log_table, sanitize, RouteError};
 use ngsiflow_fuzz::{assert_table_ref, split_record};
 
@@ -31,6 +32,24 @@ fuzz_target!(|data: &[u8]| {
                 );
             }
             let _ = e.is_delete();
+        }
+        // The same notification inside a `payload` envelope is read by the general path (a
+        // JSON tree): both paths must give the same entities, attribute values' text included.
+        let object = record
+            .value
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .filter(|t| matches!(serde_json::from_str(t), Ok(serde_json::Value::Object(_))));
+        if let Some(text) = object {
+            let wrapped = format!("{{\"payload\":{text}}}");
+            match decode(Some(wrapped.as_bytes()), &headers) {
+                Ok(general) => {
+                    assert_eq!(n.entities, general.entities, "{text}");
+                    assert_eq!(n.subscription_id, general.subscription_id, "{text}");
+                }
+                // The envelope is one level deeper than serde_json's nesting limit allows.
+                Err(DecodeError::InvalidJson(m)) if m.contains("recursion limit") => {}
+                Err(e) => panic!("the general path refused {text}: {e}"),
+            }
         }
     }
     // The errors flow reads the same kind of record (headers + value), with and without a

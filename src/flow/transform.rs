@@ -3,13 +3,14 @@
 //! `record` = one entity of one notification. Each record becomes one [`RowOp`] or one
 //! [`RecordError`]; a bad record never spoils the other records of its notification.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
 use super::{EntityDeleteMode, FlowSpec, TimeSource};
 use crate::intern::{intern, Name};
-use crate::ngsi::value::{attr_cell, AttrValue, CellValue};
+use crate::ngsi::value::{attr_cell, AttrJson, AttrValue, CellValue};
 use crate::ngsi::{time, Entity, NgsiHeaders, Notification};
 use crate::route::{self, check_identifier, Datamodel, TableRef};
 use crate::tenants::Tenants;
@@ -280,7 +281,7 @@ fn time_index(
             TimeSource::ReceiveTime => return Ok(Some(recv_time)),
             TimeSource::Attribute(name) => {
                 match entity.attribute(name).filter(|a| !a.value.is_null()) {
-                    Some(a) => (a.name.clone(), &a.value),
+                    Some(a) => (a.name.clone(), Cow::Borrowed(&a.value)),
                     None => continue,
                 }
             }
@@ -304,7 +305,10 @@ fn time_index(
                         (!v.is_null()).then_some((a.name.as_str(), v))
                     });
                 match found {
-                    Some((attr, v)) => (format!("metadata {name} of attribute {attr:?}"), v),
+                    Some((attr, v)) => (
+                        format!("metadata {name} of attribute {attr:?}"),
+                        Cow::Owned(AttrJson::from(v.clone())),
+                    ),
                     None => continue,
                 }
             }

@@ -12,7 +12,7 @@
 //! benchmark drain (README, "Results and where the time goes"). The tests check every shape
 //! byte for byte against geozero's own encoding.
 
-use std::borrow::Cow;
+use std::fmt;
 
 use serde_json::Value as Json;
 
@@ -57,7 +57,7 @@ fn geo_type(ngsi_type: &str) -> Option<&'static str> {
 /// [`GeoError`] when the value does not have the shape its type requires, a coordinate is not a
 /// finite number (or a lat/lon is out of range for the simple formats), a polygon ring is not
 /// closed, or the type is not a geo type.
-pub fn to_ewkb(ngsi_type: &str, value: &Json, srid: i32) -> Result<Vec<u8>, GeoError> {
+pub fn to_ewkb<V: GeoValue>(ngsi_type: &str, value: &V, srid: i32) -> Result<Vec<u8>, GeoError> {
     let ty = geo_type(ngsi_type);
     let err = |reason: String| GeoError {
         ngsi_type: ty.map_or_else(|| ngsi_type.to_ascii_lowercase(), str::to_string),
@@ -107,31 +107,99 @@ pub fn to_ewkb(ngsi_type: &str, value: &Json, srid: i32) -> Result<Vec<u8>, GeoE
     }
 }
 
-fn geojson_to_ewkb(value: &Json, srid: i32) -> Result<Vec<u8>, String> {
-    let geometry = unwrap_feature(value)?;
-    let kind = geometry
-        .get("type")
-        .and_then(Json::as_str)
-        .ok_or("GeoJSON object without a type")?;
+/// What the conversion reads of a JSON value. Implemented by `serde_json::Value` and by the
+/// lighter tree (`ngsi::parsed`) that transform reads an attribute's compact text into; both
+/// give the same EWKB and the same error messages (their `Display` is serde_json's compact
+/// text).
+pub trait GeoValue: fmt::Display + Sized {
+    /// The member `key` of an object; `None` for anything else.
+    fn member(&self, key: &str) -> Option<&Self>;
+    /// The string, when it is one.
+    fn text(&self) -> Option<&str>;
+    /// The items, when it is an array.
+    fn items(&self) -> Option<&[Self]>;
+    /// The number as a finite `f64` (as `serde_json::Number::as_f64` reads a lexeme).
+    fn finite(&self) -> Option<f64>;
+    /// True for a number.
+    fn is_number(&self) -> bool;
+    /// True for an object.
+    fn is_object(&self) -> bool;
+}
+
+impl GeoValue for Json {
+    fn member(&self, key: &str) -> Option<&Self> {
+        self.get(key)
+    }
+    fn text(&self) -> Option<&str> {
+        self.as_str()
+    }
+    fn items(&self) -> Option<&[Self]> {
+        self.as_array().map(Vec::as_slice)
+    }
+    fn finite(&self) -> Option<f64> {
+        self.as_f64().filter(|f| f.is_finite())
+    }
+    fn is_number(&self) -> bool {
+        Json::is_number(self)
+    }
+    fn is_object(&self) -> bool {
+        Json::is_object(self)
+    }
+}
+
+/// A GeoJSON value unwrapped from its features: one geometry object, or the geometries of a
+/// FeatureCollection of several features (written as a GEOMETRYCOLLECTION).
+enum Unwrapped<'v, V> {
+    One(&'v V),
+    Collection(Vec<Unwrapped<'v, V>>),
+}
+
+fn geojson_to_ewkb<V: GeoValue>(value: &V, srid: i32) -> Result<Vec<u8>, String> {
+    let (kind, parts) = match unwrap_feature(value)? {
+        Unwrapped::Collection(parts) => ("GeometryCollection", parts),
+        Unwrapped::One(geometry) => {
+            let kind = geometry
+                .member("type")
+                .and_then(V::text)
+                .ok_or("GeoJSON object without a type")?;
+            let parts = if kind == "GeometryCollection" {
+                geometry
+                    .member("geometries")
+                    .and_then(V::items)
+                    .ok_or("GeometryCollection without geometries")?
+                    .iter()
+                    .map(Unwrapped::One)
+                    .collect()
+            } else {
+                vec![Unwrapped::One(geometry)]
+            };
+            (kind, parts)
+        }
+    };
+    // A part of a collection: its type (empty when it has none) and coordinates; a nested
+    // collection has no coordinates.
+    fn part<'v, V: GeoValue>(p: &Unwrapped<'v, V>) -> Result<(&'v str, &'v V), String> {
+        match p {
+            Unwrapped::One(g) => Ok((
+                g.member("type").and_then(V::text).unwrap_or_default(),
+                g.member("coordinates")
+                    .ok_or("geometry without coordinates")?,
+            )),
+            Unwrapped::Collection(_) => Err("geometry without coordinates".into()),
+        }
+    }
     let dims = match kind {
         "GeometryCollection" => {
-            let parts = geometry
-                .get("geometries")
-                .and_then(Json::as_array)
-                .ok_or("GeometryCollection without geometries")?;
             let mut max = 2;
-            for g in parts {
-                let kind = g.get("type").and_then(Json::as_str).unwrap_or_default();
-                let coords = g.get("coordinates").ok_or("geometry without coordinates")?;
+            for p in &parts {
+                let (kind, coords) = part(p)?;
                 max = max.max(check_coordinates(coords)?);
                 check_shape(kind, coords)?;
             }
             max
         }
         "Point" | "MultiPoint" | "LineString" | "MultiLineString" | "Polygon" | "MultiPolygon" => {
-            let coords = geometry
-                .get("coordinates")
-                .ok_or("geometry without coordinates")?;
+            let (_, coords) = part(&parts[0])?;
             let dims = check_coordinates(coords)?;
             check_shape(kind, coords)?;
             dims
@@ -140,17 +208,15 @@ fn geojson_to_ewkb(value: &Json, srid: i32) -> Result<Vec<u8>, String> {
     };
     let mut w = EwkbWriter::new(dims == 3);
     if kind == "GeometryCollection" {
-        let parts = geometry["geometries"]
-            .as_array()
-            .map_or(&[][..], Vec::as_slice);
         w.header(GEOMETRYCOLLECTION, Some(srid));
         w.count(parts.len());
-        for g in parts {
-            let kind = g.get("type").and_then(Json::as_str).unwrap_or_default();
-            w.geojson(kind, &g["coordinates"], None)?;
+        for p in &parts {
+            let (kind, coords) = part(p)?;
+            w.geojson(kind, coords, None)?;
         }
     } else {
-        w.geojson(kind, &geometry["coordinates"], Some(srid))?;
+        let (_, coords) = part(&parts[0])?;
+        w.geojson(kind, coords, Some(srid))?;
     }
     Ok(w.out)
 }
@@ -210,8 +276,8 @@ impl EwkbWriter {
 
     /// A position already checked by [`check_coordinates`]; a 2D position in a 3D value gets
     /// z = 0, as geozero writes it.
-    fn position(&mut self, p: &Json) -> Result<(), String> {
-        let n = |i: usize| p.get(i).and_then(Json::as_f64);
+    fn position<V: GeoValue>(&mut self, p: &V) -> Result<(), String> {
+        let n = |i: usize| p.items().and_then(|a| a.get(i)).and_then(V::finite);
         let (Some(x), Some(y)) = (n(0), n(1)) else {
             return Err(format!("a position must be 2 or 3 numbers, got {p}"));
         };
@@ -223,13 +289,13 @@ impl EwkbWriter {
         Ok(())
     }
 
-    fn positions(&mut self, c: &Json) -> Result<(), String> {
+    fn positions<V: GeoValue>(&mut self, c: &V) -> Result<(), String> {
         let list = nested(c)?;
         self.count(list.len());
         list.iter().try_for_each(|p| self.position(p))
     }
 
-    fn rings(&mut self, c: &Json) -> Result<(), String> {
+    fn rings<V: GeoValue>(&mut self, c: &V) -> Result<(), String> {
         let rings = nested(c)?;
         self.count(rings.len());
         rings.iter().try_for_each(|r| self.positions(r))
@@ -237,7 +303,7 @@ impl EwkbWriter {
 
     /// One GeoJSON geometry of `kind` (validated by [`check_shape`] and
     /// [`check_coordinates`]); a nesting that does not fit the kind is an error.
-    fn geojson(&mut self, kind: &str, c: &Json, srid: Option<i32>) -> Result<(), String> {
+    fn geojson<V: GeoValue>(&mut self, kind: &str, c: &V, srid: Option<i32>) -> Result<(), String> {
         match kind {
             "Point" => {
                 self.header(POINT, srid);
@@ -268,9 +334,9 @@ impl EwkbWriter {
 }
 
 /// The members of a coordinates array that must hold arrays (not a bare position).
-fn nested(c: &Json) -> Result<&[Json], String> {
-    match c.as_array() {
-        Some(a) if a.iter().all(Json::is_array) => Ok(a),
+fn nested<V: GeoValue>(c: &V) -> Result<&[V], String> {
+    match c.items() {
+        Some(a) if a.iter().all(|i| i.items().is_some()) => Ok(a),
         _ => Err(format!("coordinates nested too shallowly: {c}")),
     }
 }
@@ -291,16 +357,16 @@ fn lat_lon_geometry(code: u32, pts: &[(f64, f64)], srid: i32) -> Vec<u8> {
 }
 
 /// Feature → its geometry; FeatureCollection → its only geometry, or a GeometryCollection.
-fn unwrap_feature(value: &Json) -> Result<Cow<'_, Json>, String> {
-    match value.get("type").and_then(Json::as_str) {
-        Some("Feature") => match value.get("geometry") {
-            Some(g) if g.is_object() => Ok(Cow::Borrowed(g)),
+fn unwrap_feature<V: GeoValue>(value: &V) -> Result<Unwrapped<'_, V>, String> {
+    match value.member("type").and_then(V::text) {
+        Some("Feature") => match value.member("geometry") {
+            Some(g) if g.is_object() => Ok(Unwrapped::One(g)),
             _ => Err("Feature without a geometry".into()),
         },
         Some("FeatureCollection") => {
             let features = value
-                .get("features")
-                .and_then(Json::as_array)
+                .member("features")
+                .and_then(V::items)
                 .ok_or("FeatureCollection without features")?;
             let mut geoms = features
                 .iter()
@@ -309,15 +375,10 @@ fn unwrap_feature(value: &Json) -> Result<Cow<'_, Json>, String> {
             match geoms.len() {
                 0 => Err("FeatureCollection with no features".into()),
                 1 => Ok(geoms.remove(0)),
-                _ => {
-                    let geoms: Vec<Json> = geoms.into_iter().map(Cow::into_owned).collect();
-                    Ok(Cow::Owned(
-                        serde_json::json!({"type": "GeometryCollection", "geometries": geoms}),
-                    ))
-                }
+                _ => Ok(Unwrapped::Collection(geoms)),
             }
         }
-        Some(_) => Ok(Cow::Borrowed(value)),
+        Some(_) => Ok(Unwrapped::One(value)),
         None => Err("value is not a GeoJSON object".into()),
     }
 }
@@ -326,18 +387,18 @@ fn unwrap_feature(value: &Json) -> Result<Cow<'_, Json>, String> {
 /// has at least 2 positions, and every Polygon ring (linear ring) at least 4 with the last equal
 /// to the first. PostGIS would store such a value as an invalid geometry without complaint.
 /// Positions are already checked ([`check_coordinates`]).
-fn check_shape(kind: &str, coords: &Json) -> Result<(), String> {
-    fn list(c: &Json) -> &[Json] {
-        c.as_array().map(Vec::as_slice).unwrap_or_default()
+fn check_shape<V: GeoValue>(kind: &str, coords: &V) -> Result<(), String> {
+    fn list<V: GeoValue>(c: &V) -> &[V] {
+        c.items().unwrap_or_default()
     }
-    fn line(c: &Json) -> Result<(), String> {
+    fn line<V: GeoValue>(c: &V) -> Result<(), String> {
         let n = list(c).len();
         if n < 2 {
             return Err(format!("a LineString needs at least 2 positions, got {n}"));
         }
         Ok(())
     }
-    fn ring(c: &Json) -> Result<(), String> {
+    fn ring<V: GeoValue>(c: &V) -> Result<(), String> {
         let pts = list(c);
         if pts.len() < 4 {
             return Err(format!(
@@ -346,9 +407,9 @@ fn check_shape(kind: &str, coords: &Json) -> Result<(), String> {
             ));
         }
         // Compared as numbers: `[0, 0]` closes a ring opened by `[0.0, 0.0]`.
-        let position = |p: Option<&Json>| -> Vec<f64> {
-            p.and_then(Json::as_array)
-                .map(|a| a.iter().filter_map(Json::as_f64).collect())
+        let position = |p: Option<&V>| -> Vec<f64> {
+            p.and_then(V::items)
+                .map(|a| a.iter().filter_map(V::finite).collect())
                 .unwrap_or_default()
         };
         if position(pts.first()) != position(pts.last()) {
@@ -356,7 +417,7 @@ fn check_shape(kind: &str, coords: &Json) -> Result<(), String> {
         }
         Ok(())
     }
-    fn polygon(c: &Json) -> Result<(), String> {
+    fn polygon<V: GeoValue>(c: &V) -> Result<(), String> {
         list(c).iter().try_for_each(ring)
     }
     match kind {
@@ -369,9 +430,9 @@ fn check_shape(kind: &str, coords: &Json) -> Result<(), String> {
 }
 
 /// Checks every position is 2 or 3 finite numbers; returns the largest dimension seen.
-fn check_coordinates(c: &Json) -> Result<usize, String> {
-    let arr = c.as_array().ok_or("coordinates must be arrays")?;
-    if arr.first().is_some_and(Json::is_number) {
+fn check_coordinates<V: GeoValue>(c: &V) -> Result<usize, String> {
+    let arr = c.items().ok_or("coordinates must be arrays")?;
+    if arr.first().is_some_and(V::is_number) {
         if !(2..=3).contains(&arr.len()) {
             return Err(format!(
                 "a position must have 2 or 3 numbers, got {}",
@@ -379,7 +440,7 @@ fn check_coordinates(c: &Json) -> Result<usize, String> {
             ));
         }
         for n in arr {
-            let f = n.as_f64().filter(|f| f.is_finite());
+            let f = n.finite();
             if f.is_none() {
                 return Err(format!("coordinate {n} is not a finite number"));
             }
@@ -396,9 +457,9 @@ fn check_coordinates(c: &Json) -> Result<usize, String> {
     Ok(max)
 }
 
-fn lat_lon(value: &Json) -> Result<(f64, f64), String> {
+fn lat_lon<V: GeoValue>(value: &V) -> Result<(f64, f64), String> {
     let s = value
-        .as_str()
+        .text()
         .ok_or_else(|| format!("expected a \"lat, lon\" string, got {value}"))?;
     let mut parts = s.split(',');
     let (Some(lat), Some(lon), None) = (parts.next(), parts.next(), parts.next()) else {
@@ -420,9 +481,9 @@ fn lat_lon(value: &Json) -> Result<(f64, f64), String> {
     ))
 }
 
-fn lat_lon_list(value: &Json) -> Result<Vec<(f64, f64)>, String> {
+fn lat_lon_list<V: GeoValue>(value: &V) -> Result<Vec<(f64, f64)>, String> {
     value
-        .as_array()
+        .items()
         .ok_or_else(|| format!("expected an array of \"lat, lon\" strings, got {value}"))?
         .iter()
         .map(lat_lon)
@@ -536,7 +597,14 @@ mod tests {
             "geo:line" => format!("LINESTRING({})", list(value)),
             "geo:polygon" => format!("POLYGON(({}))", list(value)),
             _ => {
-                let g = unwrap_feature(value).unwrap();
+                fn tree(u: Unwrapped<'_, Json>) -> Json {
+                    match u {
+                        Unwrapped::One(g) => g.clone(),
+                        Unwrapped::Collection(parts) => json!({"type": "GeometryCollection",
+                            "geometries": parts.into_iter().map(tree).collect::<Vec<_>>()}),
+                    }
+                }
+                let g = tree(unwrap_feature(value).unwrap());
                 let dims = if g.to_string().contains("[1,2,3]") || g.to_string().contains(",9]") {
                     CoordDimensions::xyz()
                 } else {
@@ -712,6 +780,130 @@ mod tests {
             assert!(
                 to_ewkb(ty, &value, 4326).is_err(),
                 "{ty} {value} should fail"
+            );
+        }
+    }
+
+    /// Transform converts a value's compact text through the light tree; every case gives what
+    /// the serde_json tree gives, bytes and messages alike.
+    #[test]
+    fn the_light_tree_converts_as_the_json_tree() {
+        use crate::ngsi::parsed::Parsed;
+        let cases = [
+            ("geo:point", json!("40.4168, -3.7038")),
+            ("geo:point", json!("abc")),
+            ("geo:point", json!([1, 2])),
+            ("geo:line", json!(["1, 2", "3, 4"])),
+            ("geo:box", json!(["1, 2"])),
+            ("geo:polygon", json!(["0, 0", "0, 1", "1, 1", "0, 0"])),
+            ("geo:polygon", json!({"a": 1})),
+            (
+                "geo:json",
+                json!({"type": "Point", "coordinates": [-3.70, 4.0e1]}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "Point", "coordinates": [1, 2, 3]}),
+            ),
+            ("geo:json", json!({"type": "Point", "coordinates": [1]})),
+            (
+                "geo:json",
+                json!({"type": "Point", "coordinates": ["a", 1]}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "Point", "coordinates": [[1, 2]]}),
+            ),
+            ("geo:json", json!({"type": "Point"})),
+            ("geo:json", json!({"coordinates": [1, 2]})),
+            ("geo:json", json!({"type": "Circle", "coordinates": [1, 2]})),
+            (
+                "geo:json",
+                json!({"type": "LineString", "coordinates": [[0, 0, 9], [1, 1]]}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "LineString", "coordinates": [[0, 0]]}),
+            ),
+            ("geo:json", json!({"type": "LineString", "coordinates": []})),
+            (
+                "geo:json",
+                json!({"type": "Polygon", "coordinates": [[[0, 0], [0, 1], [1, 1], [1, 0]]]}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "Polygon", "coordinates": [[[0.0, 0.0], [0, 1], [1, 1], [0, 0]]]}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "MultiPolygon", "coordinates": [[[[0, 0], [1, 0], [1, 1], [0, 0]]], [[[5, 5], [6, 5], [6, 6], [5, 5]]]]}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "MultiPoint", "coordinates": [1, 2]}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "GeometryCollection", "geometries": [
+                {"type": "Point", "coordinates": [0, 0]}, {"type": "LineString", "coordinates": [[0, 0], [1, 1, 2]]}]}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "GeometryCollection", "geometries": [{"type": "Point"}]}),
+            ),
+            ("geo:json", json!({"type": "GeometryCollection"})),
+            (
+                "geo:json",
+                json!({"type": "Feature", "properties": {"x": [1, {}]}, "geometry": {"type": "Point", "coordinates": [1, 2]}}),
+            ),
+            ("geo:json", json!({"type": "Feature", "geometry": null})),
+            (
+                "geo:json",
+                json!({"type": "FeatureCollection", "features": []}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "FeatureCollection", "features": [
+                {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]}}]}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "FeatureCollection", "features": [
+                {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]}},
+                {"type": "Feature", "geometry": {"type": "MultiPoint", "coordinates": [[3, 4], [5, 6]]}}]}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "FeatureCollection", "features": [
+                {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]}},
+                {"type": "FeatureCollection", "features": [
+                    {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]}},
+                    {"type": "Feature", "geometry": {"type": "Point", "coordinates": [3, 4]}}]}]}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "FeatureCollection", "features": [{"type": "Feature"}]}),
+            ),
+            ("geo:json", json!("POINT(1 2)")),
+            ("geo:json", json!([1, 2])),
+        ];
+        let mut texts: Vec<(&str, String)> =
+            cases.iter().map(|(t, v)| (*t, v.to_string())).collect();
+        // Lexemes a tree keeps: a coordinate too large for f64, exponents, a repeated member.
+        for text in [
+            r#"{"type":"Point","coordinates":[1e400,2]}"#,
+            r#"{"type":"Point","coordinates":[1E2,-2.5e-3]}"#,
+            r#"{"type":"Point","coordinates":[1,2],"type":"LineString"}"#,
+        ] {
+            texts.push(("geo:json", text.to_string()));
+        }
+        for (ty, text) in texts {
+            let tree: Json = serde_json::from_str(&text).unwrap();
+            let light = Parsed::read(&text).unwrap();
+            assert_eq!(
+                to_ewkb(ty, &light, 4326),
+                to_ewkb(ty, &tree, 4326),
+                "{ty} {text}"
             );
         }
     }

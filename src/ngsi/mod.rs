@@ -14,12 +14,16 @@
 //! Both paths give the same [`Notification`] (compared shape by shape in `plain`'s tests; the
 //! `decode` fuzz target runs both).
 
+mod compact;
 pub mod geo;
+mod parsed;
 mod plain;
 pub mod time;
 pub mod value;
 
 use serde_json::{Map, Value as Json};
+
+use value::AttrJson;
 
 /// Default tenant when a record carries no `Fiware-Service` (Orion omits it for the default tenant).
 pub const DEFAULT_SERVICE: &str = "default";
@@ -128,8 +132,8 @@ pub struct Attribute {
     pub name: String,
     /// NGSI attribute type (`Number`, `DateTime`, `geo:json`, …) when given.
     pub ngsi_type: Option<String>,
-    /// The attribute value; `null` when missing.
-    pub value: Json,
+    /// The attribute value; `null` when missing (an object or array as its compact JSON text).
+    pub value: AttrJson,
     /// The attribute's `metadata` object when notified and not empty (NGSIv2 §"Attribute
     /// metadata"): `{"<name>": {"type": T, "value": V}, …}`.
     pub metadata: Option<Map<String, Json>>,
@@ -160,11 +164,9 @@ impl Entity {
     /// `alterationType` in `notification.attrs`.
     pub fn is_delete(&self) -> bool {
         self.attribute("alterationtype").is_some_and(|a| {
-            let v = match &a.value {
-                Json::String(s) => s.as_str(),
-                _ => "",
-            };
-            v.eq_ignore_ascii_case("entitydelete")
+            a.value
+                .as_str()
+                .is_some_and(|v| v.eq_ignore_ascii_case("entitydelete"))
         })
     }
 }
@@ -353,32 +355,32 @@ fn entity_from_json(raw: Json) -> Entity {
 fn attribute_from_json(name: String, v: Json) -> Attribute {
     let (ngsi_type, value, metadata) = match v {
         Json::Object(mut attr) => (
-            attr.swap_remove("type"),
-            attr.swap_remove("value"),
+            match attr.swap_remove("type") {
+                Some(Json::String(t)) => Some(t),
+                _ => None,
+            },
+            attr.swap_remove("value").map(AttrJson::from),
             attr.swap_remove("metadata"),
         ),
         // keyValues format: the bare value (Kafnus wrote NULL here; keeping the value is
         // strictly more useful and loses nothing).
-        other => (None, Some(other), None),
+        other => (None, Some(AttrJson::from(other)), None),
     };
     attribute(name, ngsi_type, value, metadata)
 }
 
-/// An attribute from the members of its object: a type that is not a string and empty or
+/// An attribute from the members of its object (its type when that is a string): empty or
 /// non-object metadata count as absent; a missing value is `null`.
 fn attribute(
     name: String,
-    ngsi_type: Option<Json>,
-    value: Option<Json>,
+    ngsi_type: Option<String>,
+    value: Option<AttrJson>,
     metadata: Option<Json>,
 ) -> Attribute {
     Attribute {
         name,
-        ngsi_type: match ngsi_type {
-            Some(Json::String(t)) => Some(t),
-            _ => None,
-        },
-        value: value.unwrap_or(Json::Null),
+        ngsi_type,
+        value: value.unwrap_or(AttrJson::Null),
         metadata: match metadata {
             Some(Json::Object(m)) if !m.is_empty() => Some(m),
             _ => None,
@@ -446,7 +448,10 @@ mod tests {
         assert_eq!(n.entities.len(), 2);
         assert_eq!(n.entities[0].id.as_deref(), Some("E1"));
         assert_eq!(n.entities[0].attributes[0].name, "TimeInstant");
-        assert_eq!(n.entities[0].attributes[1].value, serde_json::json!(21.5));
+        assert_eq!(
+            n.entities[0].attributes[1].value,
+            serde_json::json!(21.5).into()
+        );
         assert_eq!(
             n.entities[1].attributes[0].ngsi_type.as_deref(),
             Some("Text")
@@ -514,7 +519,7 @@ mod tests {
         assert_eq!(n.headers.servicepath, "/p");
         assert_eq!(
             n.entities[0].attribute("temperature").unwrap().value,
-            serde_json::json!(3)
+            serde_json::json!(3).into()
         );
     }
 

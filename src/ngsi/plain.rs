@@ -3,10 +3,12 @@
 //!
 //! Building a `serde_json::Value` tree first and taking it apart cost a quarter of the worker's
 //! CPU in a benchmark drain: a hash map per body, entity and attribute object, and a key string
-//! per member. Here only attribute values become JSON values; attribute objects are matched by
-//! member name without allocating. Anything this reader does not take exactly as the general
-//! path would (not an object, no `data` array, an entity that is not an object, a repeated
-//! attribute name) makes it give up, and the general path decodes the record instead.
+//! per member. Here no tree is built but for metadata: attribute objects are matched by member
+//! name without allocating, and attribute values are read straight into their kept form
+//! ([`compact`](super::compact): scalars as themselves, objects and arrays as compact text).
+//! Anything this reader does not take exactly as the general path would (not an object, no
+//! `data` array, an entity that is not an object, a repeated attribute name, a repeated member
+//! inside a value) makes it give up, and the general path decodes the record instead.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -16,6 +18,8 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value as Json};
 
+use super::compact::{AttrJsonSeed, AttrJsonVisitor, NUMBER_TOKEN};
+use super::value::AttrJson;
 use super::{attribute, Entity};
 
 /// A plain notification: its entities, and the other members of the body (`subscriptionId`,
@@ -77,7 +81,7 @@ impl<'de> Visitor<'de> for BodyVisitor {
 
 /// A member name, borrowed from the input when it holds no escape (most do): only attribute
 /// names are kept, so the others cost no allocation.
-struct Key<'de>(Cow<'de, str>);
+pub(super) struct Key<'de>(pub(super) Cow<'de, str>);
 
 impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -132,8 +136,8 @@ impl<'de> Visitor<'de> for EntityVisitor {
         };
         while let Some(Key(name)) = map.next_key()? {
             match name.as_ref() {
-                "id" => e.id = string(map.next_value()?),
-                "type" => e.entity_type = string(map.next_value()?),
+                "id" => e.id = map.next_value::<StringOrNone>()?.0,
+                "type" => e.entity_type = map.next_value::<StringOrNone>()?.0,
                 _ => {
                     let parts: AttrParts = map.next_value()?;
                     e.attributes.push(parts.into_attribute(name.into_owned()));
@@ -149,10 +153,65 @@ impl<'de> Visitor<'de> for EntityVisitor {
     }
 }
 
-fn string(v: Json) -> Option<String> {
-    match v {
-        Json::String(s) => Some(s),
-        _ => None,
+/// A member that counts only when it is a string (an entity's `id` and `type`, an attribute's
+/// `type`): the string, or `None` for any other value, which is skipped without building it.
+struct StringOrNone(Option<String>);
+
+impl<'de> Deserialize<'de> for StringOrNone {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StringOrNoneVisitor)
+    }
+}
+
+struct StringOrNoneVisitor;
+
+impl<'de> Visitor<'de> for StringOrNoneVisitor {
+    type Value = StringOrNone;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<StringOrNone, E> {
+        Ok(StringOrNone(Some(v.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<StringOrNone, E> {
+        Ok(StringOrNone(Some(v)))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<StringOrNone, E> {
+        Ok(StringOrNone(None))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<StringOrNone, E> {
+        Ok(StringOrNone(None))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<StringOrNone, E> {
+        Ok(StringOrNone(None))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<StringOrNone, E> {
+        Ok(StringOrNone(None))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<StringOrNone, E> {
+        Ok(StringOrNone(None))
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<StringOrNone, A::Error> {
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+        Ok(StringOrNone(None))
+    }
+
+    /// An object, or a number (`arbitrary_precision` hands numbers over as a one-member map).
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StringOrNone, A::Error> {
+        while map
+            .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(StringOrNone(None))
     }
 }
 
@@ -177,13 +236,13 @@ fn has_repeated_name(e: &Entity) -> bool {
 /// Capturing the attribute as raw text (a scan to find its end) and parsing that text again
 /// cost about 8 % of the core benchmark's time.
 struct AttrParts {
-    ngsi_type: Option<Json>,
-    value: Option<Json>,
+    ngsi_type: Option<String>,
+    value: Option<AttrJson>,
     metadata: Option<Json>,
 }
 
 impl AttrParts {
-    fn bare(value: Json) -> Self {
+    fn bare(value: AttrJson) -> Self {
         AttrParts {
             ngsi_type: None,
             value: Some(value),
@@ -202,11 +261,6 @@ impl<'de> Deserialize<'de> for AttrParts {
     }
 }
 
-/// serde_json's `arbitrary_precision` hands a number to `deserialize_any` as a one-member map
-/// under this key, its value the number's lexeme (`serde_json::number::TOKEN`, private; the
-/// test on bare numbers fails if a new serde_json changes it).
-const NUMBER_TOKEN: &str = "$serde_json::private::Number";
-
 struct AttrVisitor;
 
 impl<'de> Visitor<'de> for AttrVisitor {
@@ -224,13 +278,13 @@ impl<'de> Visitor<'de> for AttrVisitor {
         };
         while let Some(Key(key)) = map.next_key()? {
             match key.as_ref() {
-                "type" => parts.ngsi_type = Some(map.next_value()?),
-                "value" => parts.value = Some(map.next_value()?),
+                "type" => parts.ngsi_type = map.next_value::<StringOrNone>()?.0,
+                "value" => parts.value = Some(map.next_value_seed(AttrJsonSeed)?),
                 "metadata" => parts.metadata = Some(map.next_value()?),
                 NUMBER_TOKEN => {
                     let lexeme: String = map.next_value()?;
                     let n: serde_json::Number = lexeme.parse().map_err(de::Error::custom)?;
-                    return Ok(AttrParts::bare(Json::Number(n)));
+                    return Ok(AttrParts::bare(AttrJson::Number(n)));
                 }
                 _ => {
                     map.next_value::<de::IgnoredAny>()?;
@@ -240,40 +294,36 @@ impl<'de> Visitor<'de> for AttrVisitor {
         Ok(parts)
     }
 
-    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<AttrParts, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(item) = seq.next_element::<Json>()? {
-            items.push(item);
-        }
-        Ok(AttrParts::bare(Json::Array(items)))
+    fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<AttrParts, A::Error> {
+        AttrJsonVisitor.visit_seq(seq).map(AttrParts::bare)
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<AttrParts, E> {
-        Ok(AttrParts::bare(Json::Null))
+        AttrJsonVisitor.visit_unit().map(AttrParts::bare)
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<AttrParts, E> {
-        Ok(AttrParts::bare(Json::Bool(v)))
+        AttrJsonVisitor.visit_bool(v).map(AttrParts::bare)
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<AttrParts, E> {
-        Ok(AttrParts::bare(Json::from(v)))
+        AttrJsonVisitor.visit_i64(v).map(AttrParts::bare)
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<AttrParts, E> {
-        Ok(AttrParts::bare(Json::from(v)))
+        AttrJsonVisitor.visit_u64(v).map(AttrParts::bare)
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<AttrParts, E> {
-        Ok(AttrParts::bare(Json::from(v)))
+        AttrJsonVisitor.visit_f64(v).map(AttrParts::bare)
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<AttrParts, E> {
-        Ok(AttrParts::bare(Json::String(v.to_owned())))
+        AttrJsonVisitor.visit_str(v).map(AttrParts::bare)
     }
 
     fn visit_string<E: de::Error>(self, v: String) -> Result<AttrParts, E> {
-        Ok(AttrParts::bare(Json::String(v)))
+        AttrJsonVisitor.visit_string(v).map(AttrParts::bare)
     }
 }
 
@@ -308,6 +358,8 @@ mod tests {
             // escaped member names (not borrowed from the input)
             r#"{"d\u0061ta": [{"\u0069d": "E", "t\u0065mp": {"type": "Number", "value": 1}}]}"#,
             r#"{"headers": {"fiware-service": "a"}, "data": [{"id": "E", "type": "T", "x": {"type": "Text", "value": "\u00e9\n\"q\""}}]}"#,
+            // composite values written as text in the same pass
+            r#"{"data": [{"id": "E", "type": "T", "s": {"type": "StructuredValue", "value": { "z" : [ 1.50, -0, 2E+3, {"\u0041\/": "\u00e9\t"} ], "a": {} }}, "l": {"type": "json", "value": [[], [null, true]]}}]}"#,
         ];
         for body in bodies {
             let plain = read(body).unwrap_or_else(|| panic!("gave up on {body}"));
@@ -326,6 +378,8 @@ mod tests {
             r#"{"data": [{"id": "E", "a": {"type": "Number", "value": 1}, "a": {"value": 2}}]}"#,
             r#"[{"data": []}]"#,
             r#"{"data": [}"#,
+            // a repeated member inside a composite value: a tree keeps the last in first place
+            r#"{"data": [{"id": "E", "s": {"type": "StructuredValue", "value": {"k": 1, "j": 0, "k": 2}}}]}"#,
         ] {
             assert!(read(body).is_none(), "{body}");
         }
@@ -333,7 +387,17 @@ mod tests {
         let body = r#"{"data": [{"id": "E", "a": {"type": "Number", "value": 1, "value": 2}}]}"#;
         let plain = read(body).expect("read");
         assert_eq!(plain.entities, general(body).0);
-        assert_eq!(plain.entities[0].attributes[0].value, serde_json::json!(2));
+        assert_eq!(
+            plain.entities[0].attributes[0].value,
+            serde_json::json!(2).into()
+        );
+        // and decoding the record this reader gave up on gives the tree's text
+        let body = r#"{"data": [{"id": "E", "s": {"type": "StructuredValue", "value": {"k": 1, "j": 0, "k": 2}}}]}"#;
+        let n = super::super::decode(Some(body.as_bytes()), &[]).expect("decode");
+        assert_eq!(
+            n.entities[0].attributes[0].value.json_text(),
+            r#"{"k":2,"j":0}"#
+        );
     }
 
     #[test]

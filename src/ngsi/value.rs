@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 
 use super::geo;
+use super::parsed::Parsed;
 use super::time::{self, to_rfc3339_micros};
 use crate::intern::{intern, Name};
 use crate::text::truncate;
@@ -48,32 +49,46 @@ pub struct AttrValue {
 ///
 /// # Errors
 /// Why a geo value cannot be converted ([`geo::GeoError`]'s message).
-pub fn attr_cell(ngsi_type: Option<&str>, value: Json, srid: i32) -> Result<CellValue, String> {
+pub fn attr_cell(ngsi_type: Option<&str>, value: AttrJson, srid: i32) -> Result<CellValue, String> {
     if value.is_null() {
         return Ok(CellValue::Null);
     }
     let (mut instant, mut ewkb) = (None, None);
     if let Some(ty) = ngsi_type {
         if geo::is_geo_type(ty) {
-            let e = geo::to_ewkb(ty, &value, srid).map_err(|e| e.to_string())?;
-            ewkb = Some(Arc::from(e));
+            ewkb = Some(Arc::from(geometry(ty, &value, srid)?));
         } else if ty.eq_ignore_ascii_case("DateTime") || ty.eq_ignore_ascii_case("ISO8601") {
             instant = value.as_str().and_then(|s| time::parse_datetime(s).ok());
         }
     }
     Ok(CellValue::Attr(AttrValue {
         ngsi_type: ngsi_type.map(intern),
-        value: value.into(),
+        value,
         instant,
         ewkb,
     }))
 }
 
-/// An attribute's JSON value as a record keeps it until its window commits: a scalar as
-/// parsed (a number keeps its lexeme), an object or array as its compact JSON text, which is
-/// what a json, jsonb or text column receives. Geometries are derived (EWKB) before the tree is
-/// dropped. A `serde_json::Value` tree took 72 bytes per node plus its maps, several times the
-/// text (a GeoJSON point: about 500 bytes against 45).
+/// The EWKB of a geo value, read from a light tree of its text ([`Parsed`]), not a
+/// `serde_json::Value` (both give the same bytes and messages).
+fn geometry(ty: &str, value: &AttrJson, srid: i32) -> Result<Vec<u8>, String> {
+    let parsed = match value {
+        AttrJson::Composite(text) => Parsed::read(text),
+        AttrJson::String(s) => Some(Parsed::String(s.as_str().into())),
+        _ => None,
+    };
+    match parsed {
+        Some(p) => geo::to_ewkb(ty, &p, srid),
+        None => geo::to_ewkb(ty, &value.to_json(), srid),
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// An attribute's JSON value as decoding gives it and a record keeps it until its window
+/// commits: a scalar as parsed (a number keeps its lexeme), an object or array as its compact
+/// JSON text, which is what a json, jsonb or text column receives. A `serde_json::Value` tree
+/// took 72 bytes per node plus its maps, several times the text (a GeoJSON point: about 500
+/// bytes against 45).
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttrJson {
     /// `null`.
@@ -152,6 +167,14 @@ impl AttrJson {
     /// True for an object or array.
     pub fn is_composite(&self) -> bool {
         matches!(self, Self::Composite(_))
+    }
+
+    /// The string, when it is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::String(s) => Some(s),
+            _ => None,
+        }
     }
 
     /// The boolean, when it is one.
