@@ -89,7 +89,7 @@ fn main() {
                 ("fiware-service", m.service.as_bytes().to_vec()),
                 ("fiware-servicepath", m.servicepath.as_bytes().to_vec()),
             ];
-            (flow(m.flow), headers, m.value.to_string().into_bytes())
+            (flow(m.flow), headers, m.text.into_bytes())
         })
         .collect();
     let batch: Vec<(&FlowSpec, &Headers, &[u8])> = messages

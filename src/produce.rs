@@ -292,7 +292,7 @@ pub async fn run(args: ProduceArgs) -> Result<(), ProduceError> {
                     continue
                 }
                 (_, Some(m)) => (
-                    m.value.to_string().into_bytes(),
+                    m.text.as_bytes().to_vec(),
                     OwnedHeaders::new()
                         .insert(Header {
                             key: "Fiware-Service",
