@@ -86,14 +86,18 @@ impl<'de> Visitor<'de> for AttrJsonVisitor {
             return Ok(AttrJson::Composite("{}".into()));
         };
         if first.0 == NUMBER_TOKEN {
-            let lexeme: std::borrow::Cow<'de, str> = map.next_value::<super::plain::Key<'de>>()?.0;
-            return lexeme
-                .parse()
-                .map(AttrJson::Number)
-                .map_err(de::Error::custom);
+            return number(map.next_value::<super::plain::Key<'de>>()?.0).map(AttrJson::Number);
         }
         with_writer(|w| w.map_from(&first.0, map))
     }
+}
+
+/// The number whose lexeme serde_json handed over under [`NUMBER_TOKEN`], parsed as a tree
+/// parses it (which also refuses a member of that name in the input that holds no number).
+pub(super) fn number<E: de::Error>(
+    lexeme: std::borrow::Cow<'_, str>,
+) -> Result<serde_json::Number, E> {
+    lexeme.parse().map_err(de::Error::custom)
 }
 
 /// Runs `write` on the thread's text buffer and takes what it wrote as composite text, in one
@@ -264,9 +268,10 @@ impl<'de> Visitor<'de> for Item<'_> {
             return Ok(());
         };
         if first.0 == NUMBER_TOKEN {
-            // The lexeme as the parser scanned it, which is what a tree's number writes.
-            let lexeme = map.next_value::<super::plain::Key<'de>>()?;
-            self.0.out.extend_from_slice(lexeme.0.as_bytes());
+            // Parsed as a tree parses it: a member of that name in the input itself holds any
+            // text, which must be a number (then written as serde_json writes it) or an error.
+            let n = number(map.next_value::<super::plain::Key<'de>>()?.0)?;
+            self.0.out.extend_from_slice(n.as_str().as_bytes());
             return Ok(());
         }
         self.0.map_from(&first.0, map)
@@ -324,6 +329,18 @@ mod tests {
         ] {
             assert!(read(text).is_err(), "{text}");
         }
+        // A member named like serde_json's number token is read as a tree reads it.
+        for text in [
+            r#"{"x": {"$serde_json::private::Number": "abc"}}"#,
+            r#"{"x": {"$serde_json::private::Number": "1,\"x\":2"}}"#,
+            r#"{"$serde_json::private::Number": "abc"}"#,
+        ] {
+            assert!(read(text).is_err(), "{text}");
+            assert!(serde_json::from_str::<Json>(text).is_err(), "{text}");
+        }
+        let text = r#"{"x": {"$serde_json::private::Number": "2.5E1"}}"#;
+        assert_eq!(read(text).unwrap(), tree(text));
+        assert_eq!(read(text).unwrap().json_text(), r#"{"x":2.5e+1}"#);
         // The same name in different objects is no repeat.
         let text = r#"{"a": {"a": 1}, "b": {"a": 2}, "c": [{"a": 3}, {"a": 4}]}"#;
         assert_eq!(read(text).unwrap(), tree(text));

@@ -13,7 +13,8 @@ use std::fmt;
 
 use super::geo::GeoValue;
 
-/// Deepest nesting read (serde_json's own recursion limit).
+/// Deepest nesting read: about serde_json's own recursion limit, so never reached by text that
+/// serde_json read or wrote.
 const MAX_DEPTH: usize = 128;
 
 /// A JSON value borrowing from its text.

@@ -18,7 +18,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value as Json};
 
-use super::compact::{AttrJsonSeed, AttrJsonVisitor, NUMBER_TOKEN};
+use super::compact::{number, AttrJsonSeed, AttrJsonVisitor, NUMBER_TOKEN};
 use super::value::AttrJson;
 use super::{attribute, Entity};
 
@@ -205,8 +205,16 @@ impl<'de> Visitor<'de> for StringOrNoneVisitor {
         Ok(StringOrNone(None))
     }
 
-    /// An object, or a number (`arbitrary_precision` hands numbers over as a one-member map).
+    /// An object, or a number (`arbitrary_precision` hands numbers over as a one-member map,
+    /// whose lexeme is checked as a tree checks it).
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StringOrNone, A::Error> {
+        if let Some(Key(first)) = map.next_key()? {
+            if first == NUMBER_TOKEN {
+                number::<A::Error>(map.next_value::<Key<'de>>()?.0)?;
+                return Ok(StringOrNone(None));
+            }
+            map.next_value::<de::IgnoredAny>()?;
+        }
         while map
             .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
             .is_some()
@@ -282,8 +290,7 @@ impl<'de> Visitor<'de> for AttrVisitor {
                 "value" => parts.value = Some(map.next_value_seed(AttrJsonSeed)?),
                 "metadata" => parts.metadata = Some(map.next_value()?),
                 NUMBER_TOKEN => {
-                    let lexeme: String = map.next_value()?;
-                    let n: serde_json::Number = lexeme.parse().map_err(de::Error::custom)?;
+                    let n = number(map.next_value::<Key<'de>>()?.0)?;
                     return Ok(AttrParts::bare(AttrJson::Number(n)));
                 }
                 _ => {
@@ -378,6 +385,8 @@ mod tests {
             r#"{"data": [{"id": "E", "a": {"type": "Number", "value": 1}, "a": {"value": 2}}]}"#,
             r#"[{"data": []}]"#,
             r#"{"data": [}"#,
+            // a type that a tree refuses (serde_json's number token holding no number)
+            r#"{"data": [{"id": "E", "a": {"type": {"$serde_json::private::Number": "abc"}, "value": 1}}]}"#,
             // a repeated member inside a composite value: a tree keeps the last in first place
             r#"{"data": [{"id": "E", "s": {"type": "StructuredValue", "value": {"k": 1, "j": 0, "k": 2}}}]}"#,
         ] {

@@ -31,8 +31,12 @@ pub struct Group {
     pub items: Vec<usize>,
 }
 
-/// Groups a window (pure): by round, then table, kind and sorted column set, in first-arrival
-/// order. Inserts need no rounds (conflicts are handled by `DO NOTHING` and the replay check).
+/// Groups a window (pure): by round, then table, kind and column set, in first-arrival order.
+/// Inserts need no rounds (a conflict sends the window to the careful attempt, where replays
+/// are no-ops). Only when more than [`MAX_CANDIDATES`] groups share a hash of their column sets
+/// (names chosen to collide) may a record start a second group of the same set: a statement
+/// more, with the same effect (an upsert round never holds a key twice, and an insert's
+/// conflict goes to the careful attempt whichever statement meets it).
 pub fn plan(spec: &FlowSpec, items: &[WriteItem]) -> Vec<Group> {
     // Keys borrow from the items: this runs for every record, so nothing is cloned or sorted
     // per record (a sorted column list and a SipHash of it per record were 5 % of the worker
@@ -63,14 +67,20 @@ pub fn plan(spec: &FlowSpec, items: &[WriteItem]) -> Vec<Group> {
         };
         let key = (round, &*op.target, op.kind, column_set_hash(&op.columns));
         let same_table = candidates.entry(key).or_default();
-        let found = same_table.iter().copied().find(|&g| {
-            let group = &groups[g];
-            same_columns(
-                &items[group.items[0]].op.columns,
-                &group.columns,
-                &op.columns,
-            )
-        });
+        let mut sorted = None;
+        // The newest few groups of the bucket: equal hashes of different sets are rare, and
+        // names chosen to collide must not make each record compare with every group (a
+        // record past them gets a group of its own, which is only a statement more).
+        let found = same_table
+            .iter()
+            .rev()
+            .take(MAX_CANDIDATES)
+            .copied()
+            .find(|&g| {
+                let group = &groups[g];
+                let first = &items[group.items[0]].op.columns;
+                same_columns(first, &group.columns, &op.columns, &mut sorted)
+            });
         match found {
             Some(g) => groups[g].items.push(i),
             None => {
@@ -118,11 +128,19 @@ fn column_set_hash(columns: &[(Name, CellValue)]) -> u64 {
         .fold(0, u64::wrapping_add)
 }
 
+/// Groups of one bucket (same round, table, kind and column-set hash) a record is compared with.
+const MAX_CANDIDATES: usize = 8;
+
 /// True when a record's columns (`b`) are the set of a group's first record (`a`, whose names
 /// sorted are `a_sorted`). Records of one table usually list their columns in one order, with
 /// names interned to the same text: a pointer comparison per column then decides, and only
-/// another order costs a sort.
-fn same_columns(a: &[(Name, CellValue)], a_sorted: &[String], b: &[(Name, CellValue)]) -> bool {
+/// another order costs a sort, once per record (`b_sorted`).
+fn same_columns<'b>(
+    a: &[(Name, CellValue)],
+    a_sorted: &[String],
+    b: &'b [(Name, CellValue)],
+    b_sorted: &mut Option<Vec<&'b str>>,
+) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -132,8 +150,11 @@ fn same_columns(a: &[(Name, CellValue)], a_sorted: &[String], b: &[(Name, CellVa
     {
         return true;
     }
-    let mut names: Vec<&str> = b.iter().map(|(n, _)| &**n).collect();
-    names.sort_unstable();
+    let names = b_sorted.get_or_insert_with(|| {
+        let mut names: Vec<&str> = b.iter().map(|(n, _)| &**n).collect();
+        names.sort_unstable();
+        names
+    });
     names.iter().zip(a_sorted).all(|(x, y)| *x == y.as_str())
 }
 
