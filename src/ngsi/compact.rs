@@ -100,6 +100,12 @@ pub(super) fn number<E: de::Error>(
     lexeme.parse().map_err(de::Error::custom)
 }
 
+/// An object or array already parsed as a tree (the general path), as composite text.
+pub(super) fn tree_text(v: &serde_json::Value) -> AttrJson {
+    // Writing a Value into a Vec cannot fail.
+    with_writer(|w| serde_json::to_writer(&mut w.out, v)).unwrap_or(AttrJson::Null)
+}
+
 /// Runs `write` on the thread's text buffer and takes what it wrote as composite text, in one
 /// allocation of its exact size.
 fn with_writer<E>(write: impl FnOnce(&mut Writer) -> Result<(), E>) -> Result<AttrJson, E> {

@@ -110,30 +110,9 @@ impl From<Json> for AttrJson {
             Json::Bool(b) => Self::Bool(b),
             Json::Number(n) => Self::Number(n),
             Json::String(s) => Self::String(s),
-            composite => Self::Composite(compact_text(&composite)),
+            composite => super::compact::tree_text(&composite),
         }
     }
-}
-
-/// The compact JSON text of `v`, in one allocation of its exact size: written into a buffer
-/// kept per thread, then copied (a `String` grown while writing would carry up to twice its
-/// length, or cost a reallocation to shrink).
-fn compact_text(v: &Json) -> Box<str> {
-    thread_local! {
-        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    BUFFER.with_borrow_mut(|buf| {
-        buf.clear();
-        // Writing a Value into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *buf, v);
-        let text = std::str::from_utf8(buf).unwrap_or_default();
-        let boxed = Box::from(text);
-        // A rare huge value does not stay allocated with the thread.
-        if buf.capacity() > 1 << 20 {
-            *buf = Vec::new();
-        }
-        boxed
-    })
 }
 
 impl std::fmt::Display for AttrJson {
