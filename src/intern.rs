@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 /// A shared, immutable name (a column name or an NGSI type); compares and hashes as its text.
 pub type Name = Arc<str>;
@@ -22,6 +22,8 @@ thread_local! {
     // FxHash: names are short and not chosen to collide (the set is bounded anyway), and
     // SipHash took longer than the allocation it saves.
     static NAMES: RefCell<FxHashSet<Name>> = RefCell::new(FxHashSet::default());
+    // Mixed-case names to their lower-case forms, bounded like `NAMES`.
+    static LOWER: RefCell<FxHashMap<Name, Name>> = RefCell::new(FxHashMap::default());
 }
 
 /// The shared [`Name`] for `text`: the one already held by this thread, or a new one.
@@ -39,6 +41,29 @@ pub fn intern(text: &str) -> Name {
     })
 }
 
+/// The interned lower-case form of `name` (a column name from an attribute name): `name`
+/// itself when it is lower-case ASCII already (most are), so neither a lookup nor an
+/// allocation is paid per record; otherwise its Unicode lower-case form, remembered per thread.
+pub fn lowercase(name: &Name) -> Name {
+    if !name
+        .bytes()
+        .any(|b| b.is_ascii_uppercase() || !b.is_ascii())
+    {
+        return Name::clone(name);
+    }
+    LOWER.with_borrow_mut(|lower| {
+        if let Some(l) = lower.get(&**name) {
+            return Name::clone(l);
+        }
+        if lower.len() >= MAX_NAMES {
+            lower.clear();
+        }
+        let l = intern(&name.to_lowercase());
+        lower.insert(Name::clone(name), Name::clone(&l));
+        l
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,6 +75,18 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(&*a, "temperature");
         assert!(!Arc::ptr_eq(&a, &intern("pressure")));
+    }
+
+    #[test]
+    fn lowercase_forms_are_shared_and_lower_case_names_are_themselves() {
+        let lower = intern("temperature");
+        assert!(Arc::ptr_eq(&lowercase(&lower), &lower));
+        let mixed = intern("TimeInstant");
+        assert_eq!(&*lowercase(&mixed), "timeinstant");
+        assert!(Arc::ptr_eq(&lowercase(&mixed), &lowercase(&mixed)));
+        assert!(Arc::ptr_eq(&lowercase(&mixed), &intern("timeinstant")));
+        assert_eq!(&*lowercase(&intern("ÁREA")), "área");
+        assert_eq!(&*lowercase(&intern("área")), "área");
     }
 
     #[test]

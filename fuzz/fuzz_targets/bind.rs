@@ -71,7 +71,7 @@ fn attr_cell(ngsi_type: Option<&str>, value: Json) -> Option<CellValue> {
     let tree_ewkb = ngsi_type
         .filter(|t| geo::is_geo_type(t) && !value.is_null())
         .map(|t| geo::to_ewkb(t, &value, 4326).map_err(|e| e.to_string()));
-    let cell = value::attr_cell(ngsi_type, value.into(), 4326);
+    let cell = value::attr_cell(ngsi_type.map(ngsiflow::intern::intern), value.into(), 4326);
     if let Some(want) = tree_ewkb {
         let got = match &cell {
             Ok(CellValue::Attr(AttrValue { ewkb: Some(e), .. })) => Ok(e.to_vec()),

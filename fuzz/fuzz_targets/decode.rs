@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
         for e in &n.entities {
             for a in &e.attributes {
                 assert!(
-                    a.name != "id" && a.name != "type",
+                    &*a.name != "id" && &*a.name != "type",
                     "{a:?} kept as an attribute"
                 );
             }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::{EntityDeleteMode, FlowSpec, TimeSource};
-use crate::intern::{intern, Name};
+use crate::intern::{intern, lowercase, Name};
 use crate::ngsi::value::{attr_cell, AttrJson, AttrValue, CellValue};
 use crate::ngsi::{time, Entity, NgsiHeaders, Notification};
 use crate::route::{self, check_identifier, Datamodel, TableRef};
@@ -198,14 +198,8 @@ fn record(
     let mut errors = Vec::new();
     let mut metadata_columns = Vec::new();
     for mut attr in entity.attributes {
-        // A name already in lower-case ASCII (most are) is interned as it is; messages show the
-        // name as notified.
-        let lower = attr.name.is_ascii() && !attr.name.bytes().any(|b| b.is_ascii_uppercase());
-        let name = if lower {
-            intern(&attr.name)
-        } else {
-            intern(&attr.name.to_lowercase())
-        };
+        // Messages show the name as notified.
+        let name = lowercase(&attr.name);
         if SKIPPED.contains(&&*name) {
             continue;
         }
@@ -231,7 +225,7 @@ fn record(
             errors.push(format!("attribute name: {e}"));
             continue;
         }
-        let value = match attr_cell(attr.ngsi_type.as_deref(), attr.value, opts.srid) {
+        let value = match attr_cell(attr.ngsi_type, attr.value, opts.srid) {
             Ok(v) => v,
             Err(e) => {
                 errors.push(format!("attribute {:?}: {e}", attr.name));
@@ -281,7 +275,7 @@ fn time_index(
             TimeSource::ReceiveTime => return Ok(Some(recv_time)),
             TimeSource::Attribute(name) => {
                 match entity.attribute(name).filter(|a| !a.value.is_null()) {
-                    Some(a) => (a.name.clone(), Cow::Borrowed(&a.value)),
+                    Some(a) => (Cow::Borrowed(&*a.name), Cow::Borrowed(&a.value)),
                     None => continue,
                 }
             }
@@ -302,11 +296,11 @@ fn time_index(
                             .map(|(_, v)| v)?;
                         // Metadata items are `{"type": T, "value": V}`; a bare value is taken as is.
                         let v = item.get("value").unwrap_or(item);
-                        (!v.is_null()).then_some((a.name.as_str(), v))
+                        (!v.is_null()).then_some((&*a.name, v))
                     });
                 match found {
                     Some((attr, v)) => (
-                        format!("metadata {name} of attribute {attr:?}"),
+                        Cow::Owned(format!("metadata {name} of attribute {attr:?}")),
                         Cow::Owned(AttrJson::from(v.clone())),
                     ),
                     None => continue,

@@ -25,6 +25,8 @@ use serde_json::{Map, Value as Json};
 
 use value::AttrJson;
 
+use crate::intern::{intern, Name};
+
 /// Default tenant when a record carries no `Fiware-Service` (Orion omits it for the default tenant).
 pub const DEFAULT_SERVICE: &str = "default";
 /// Default service path when a record carries no `Fiware-Servicepath` (Orion's root path).
@@ -128,10 +130,12 @@ const ROUTING_HEADERS: [&str; 4] = [
 /// (`time_index`); Kafnus writes no metadata column, and neither does a flow by default.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attribute {
-    /// Attribute name exactly as notified (column names are its lower-cased form).
-    pub name: String,
-    /// NGSI attribute type (`Number`, `DateTime`, `geo:json`, …) when given.
-    pub ngsi_type: Option<String>,
+    /// Attribute name exactly as notified (column names are its lower-cased form), interned:
+    /// every record of a stream repeats the same few, and decoding takes them from the input
+    /// without allocating.
+    pub name: Name,
+    /// NGSI attribute type (`Number`, `DateTime`, `geo:json`, …) when given, interned.
+    pub ngsi_type: Option<Name>,
     /// The attribute value; `null` when missing (an object or array as its compact JSON text).
     pub value: AttrJson,
     /// The attribute's `metadata` object when notified and not empty (NGSIv2 §"Attribute
@@ -356,7 +360,7 @@ fn attribute_from_json(name: String, v: Json) -> Attribute {
     let (ngsi_type, value, metadata) = match v {
         Json::Object(mut attr) => (
             match attr.swap_remove("type") {
-                Some(Json::String(t)) => Some(t),
+                Some(Json::String(t)) => Some(intern(&t)),
                 _ => None,
             },
             attr.swap_remove("value").map(AttrJson::from),
@@ -366,14 +370,14 @@ fn attribute_from_json(name: String, v: Json) -> Attribute {
         // strictly more useful and loses nothing).
         other => (None, Some(AttrJson::from(other)), None),
     };
-    attribute(name, ngsi_type, value, metadata)
+    attribute(intern(&name), ngsi_type, value, metadata)
 }
 
 /// An attribute from the members of its object (its type when that is a string): empty or
 /// non-object metadata count as absent; a missing value is `null`.
 fn attribute(
-    name: String,
-    ngsi_type: Option<String>,
+    name: Name,
+    ngsi_type: Option<Name>,
     value: Option<AttrJson>,
     metadata: Option<Json>,
 ) -> Attribute {
@@ -447,7 +451,7 @@ mod tests {
         assert_eq!(n.subscription_id.as_deref(), Some("s1"));
         assert_eq!(n.entities.len(), 2);
         assert_eq!(n.entities[0].id.as_deref(), Some("E1"));
-        assert_eq!(n.entities[0].attributes[0].name, "TimeInstant");
+        assert_eq!(&*n.entities[0].attributes[0].name, "TimeInstant");
         assert_eq!(
             n.entities[0].attributes[1].value,
             serde_json::json!(21.5).into()

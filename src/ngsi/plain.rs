@@ -21,6 +21,7 @@ use serde_json::{Map, Value as Json};
 use super::compact::{number, AttrJsonSeed, AttrJsonVisitor, NUMBER_TOKEN};
 use super::value::AttrJson;
 use super::{attribute, Entity};
+use crate::intern::{intern, Name};
 
 /// A plain notification: its entities, and the other members of the body (`subscriptionId`,
 /// routing headers of legacy producers).
@@ -136,11 +137,11 @@ impl<'de> Visitor<'de> for EntityVisitor {
         };
         while let Some(Key(name)) = map.next_key()? {
             match name.as_ref() {
-                "id" => e.id = map.next_value::<StringOrNone>()?.0,
-                "type" => e.entity_type = map.next_value::<StringOrNone>()?.0,
+                "id" => e.id = map.next_value::<StringOrNone>()?.0.map(Cow::into_owned),
+                "type" => e.entity_type = map.next_value::<StringOrNone>()?.0.map(Cow::into_owned),
                 _ => {
                     let parts: AttrParts = map.next_value()?;
-                    e.attributes.push(parts.into_attribute(name.into_owned()));
+                    e.attributes.push(parts.into_attribute(intern(&name)));
                 }
             }
         }
@@ -154,10 +155,11 @@ impl<'de> Visitor<'de> for EntityVisitor {
 }
 
 /// A member that counts only when it is a string (an entity's `id` and `type`, an attribute's
-/// `type`): the string, or `None` for any other value, which is skipped without building it.
-struct StringOrNone(Option<String>);
+/// `type`): the string, borrowed from the input when it holds no escape, or `None` for any
+/// other value, which is skipped without building it.
+struct StringOrNone<'de>(Option<Cow<'de, str>>);
 
-impl<'de> Deserialize<'de> for StringOrNone {
+impl<'de> Deserialize<'de> for StringOrNone<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(StringOrNoneVisitor)
     }
@@ -166,48 +168,52 @@ impl<'de> Deserialize<'de> for StringOrNone {
 struct StringOrNoneVisitor;
 
 impl<'de> Visitor<'de> for StringOrNoneVisitor {
-    type Value = StringOrNone;
+    type Value = StringOrNone<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any JSON value")
     }
 
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<StringOrNone, E> {
-        Ok(StringOrNone(Some(v.to_owned())))
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<StringOrNone<'de>, E> {
+        Ok(StringOrNone(Some(Cow::Borrowed(v))))
     }
 
-    fn visit_string<E: de::Error>(self, v: String) -> Result<StringOrNone, E> {
-        Ok(StringOrNone(Some(v)))
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<StringOrNone<'de>, E> {
+        Ok(StringOrNone(Some(Cow::Owned(v.to_owned()))))
     }
 
-    fn visit_unit<E: de::Error>(self) -> Result<StringOrNone, E> {
+    fn visit_string<E: de::Error>(self, v: String) -> Result<StringOrNone<'de>, E> {
+        Ok(StringOrNone(Some(Cow::Owned(v))))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<StringOrNone<'de>, E> {
         Ok(StringOrNone(None))
     }
 
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<StringOrNone, E> {
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<StringOrNone<'de>, E> {
         Ok(StringOrNone(None))
     }
 
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<StringOrNone, E> {
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<StringOrNone<'de>, E> {
         Ok(StringOrNone(None))
     }
 
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<StringOrNone, E> {
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<StringOrNone<'de>, E> {
         Ok(StringOrNone(None))
     }
 
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<StringOrNone, E> {
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<StringOrNone<'de>, E> {
         Ok(StringOrNone(None))
     }
 
-    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<StringOrNone, A::Error> {
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<StringOrNone<'de>, A::Error> {
         while seq.next_element::<de::IgnoredAny>()?.is_some() {}
         Ok(StringOrNone(None))
     }
 
     /// An object, or a number (`arbitrary_precision` hands numbers over as a one-member map,
     /// whose lexeme is checked as a tree checks it).
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StringOrNone, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StringOrNone<'de>, A::Error> {
         if let Some(Key(first)) = map.next_key()? {
             if first == NUMBER_TOKEN {
                 number::<A::Error>(map.next_value::<Key<'de>>()?.0)?;
@@ -226,7 +232,7 @@ impl<'de> Visitor<'de> for StringOrNoneVisitor {
 /// True when two attributes share a name (pairwise for the usual few, hashed for many, so a
 /// hostile entity with thousands of attributes stays linear).
 fn has_repeated_name(e: &Entity) -> bool {
-    let names = || e.attributes.iter().map(|a| a.name.as_str());
+    let names = || e.attributes.iter().map(|a| &*a.name);
     if e.attributes.len() <= 32 {
         names()
             .enumerate()
@@ -244,7 +250,7 @@ fn has_repeated_name(e: &Entity) -> bool {
 /// Capturing the attribute as raw text (a scan to find its end) and parsing that text again
 /// cost about 8 % of the core benchmark's time.
 struct AttrParts {
-    ngsi_type: Option<String>,
+    ngsi_type: Option<Name>,
     value: Option<AttrJson>,
     metadata: Option<Json>,
 }
@@ -258,7 +264,7 @@ impl AttrParts {
         }
     }
 
-    fn into_attribute(self, name: String) -> super::Attribute {
+    fn into_attribute(self, name: Name) -> super::Attribute {
         attribute(name, self.ngsi_type, self.value, self.metadata)
     }
 }
@@ -286,7 +292,7 @@ impl<'de> Visitor<'de> for AttrVisitor {
         };
         while let Some(Key(key)) = map.next_key()? {
             match key.as_ref() {
-                "type" => parts.ngsi_type = map.next_value::<StringOrNone>()?.0,
+                "type" => parts.ngsi_type = map.next_value::<StringOrNone>()?.0.map(|t| intern(&t)),
                 "value" => parts.value = Some(map.next_value_seed(AttrJsonSeed)?),
                 "metadata" => parts.metadata = Some(map.next_value()?),
                 NUMBER_TOKEN => {

@@ -10,7 +10,7 @@ use serde_json::Value as Json;
 use super::geo;
 use super::parsed::Parsed;
 use super::time::{self, to_rfc3339_micros};
-use crate::intern::{intern, Name};
+use crate::intern::Name;
 use crate::text::truncate;
 
 /// Longest value shown in an error message about it.
@@ -42,19 +42,19 @@ pub struct AttrValue {
     pub ewkb: Option<Arc<[u8]>>,
 }
 
-/// The cell of an attribute of NGSI type `ngsi_type` with JSON `value`: NULL for `null`;
+/// The cell of an attribute of NGSI type `ngsi_type` (interned) with JSON `value`: NULL for `null`;
 /// otherwise the value with what its type derives — EWKB (with `srid`) for the geo types,
 /// the instant for `DateTime`/`ISO8601` strings that parse. Transform builds every attribute's
 /// cell with it, and the bind fuzz target builds its cells the same way.
 ///
 /// # Errors
 /// Why a geo value cannot be converted ([`geo::GeoError`]'s message).
-pub fn attr_cell(ngsi_type: Option<&str>, value: AttrJson, srid: i32) -> Result<CellValue, String> {
+pub fn attr_cell(ngsi_type: Option<Name>, value: AttrJson, srid: i32) -> Result<CellValue, String> {
     if value.is_null() {
         return Ok(CellValue::Null);
     }
     let (mut instant, mut ewkb) = (None, None);
-    if let Some(ty) = ngsi_type {
+    if let Some(ty) = ngsi_type.as_deref() {
         if geo::is_geo_type(ty) {
             ewkb = Some(Arc::from(geometry(ty, &value, srid)?));
         } else if ty.eq_ignore_ascii_case("DateTime") || ty.eq_ignore_ascii_case("ISO8601") {
@@ -62,7 +62,7 @@ pub fn attr_cell(ngsi_type: Option<&str>, value: AttrJson, srid: i32) -> Result<
         }
     }
     Ok(CellValue::Attr(AttrValue {
-        ngsi_type: ngsi_type.map(intern),
+        ngsi_type,
         value,
         instant,
         ewkb,
