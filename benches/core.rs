@@ -188,7 +188,7 @@ fn column_kind(name: &str, v: &CellValue) -> ColumnKind {
         "tags" => ColumnKind::Json,
         "observedat" => ColumnKind::Timestamp,
         "day" => ColumnKind::Date,
-        _ if matches!(v, CellValue::Attr(a) if a.ewkb.is_some()) => ColumnKind::Geometry,
+        _ if matches!(v, CellValue::Attr(a) if a.ewkb().is_some()) => ColumnKind::Geometry,
         _ => ColumnKind::Text,
     }
 }

@@ -19,8 +19,8 @@ fn cell(v: &CellValue) -> Value {
         CellValue::Attr(a) => json!({
             "ngsi_type": a.ngsi_type.as_deref(),
             "value": a.value.to_json(),
-            "instant": a.instant.as_ref().map(to_rfc3339_micros),
-            "ewkb": a.ewkb.as_ref().map(hex::encode),
+            "instant": a.instant().map(to_rfc3339_micros),
+            "ewkb": a.ewkb().map(hex::encode),
         }),
     }
 }

@@ -12,7 +12,7 @@
 use chrono::DateTime;
 use libfuzzer_sys::fuzz_target;
 use ngsiflow::ngsi::{geo, time};
-use ngsiflow::ngsi::value::{self, AttrValue, CellValue};
+use ngsiflow::ngsi::value::{self, AttrValue, CellValue, Derived};
 use ngsiflow::postgis::bind::{bind_text, ColumnKind};
 use serde_json::Value as Json;
 
@@ -74,14 +74,14 @@ fn attr_cell(ngsi_type: Option<&str>, value: Json) -> Option<CellValue> {
     let cell = value::attr_cell(ngsi_type.map(ngsiflow::intern::intern), value.into(), 4326);
     if let Some(want) = tree_ewkb {
         let got = match &cell {
-            Ok(CellValue::Attr(AttrValue { ewkb: Some(e), .. })) => Ok(e.to_vec()),
+            Ok(CellValue::Attr(AttrValue { derived: Derived::Ewkb(e), .. })) => Ok(e.to_vec()),
             Ok(other) => panic!("geo value without EWKB: {other:?}"),
             Err(e) => Err(e.clone()),
         };
         assert_eq!(got, want, "{ngsi_type:?} {shown}");
     }
     let cell = cell.ok()?;
-    if let CellValue::Attr(AttrValue { ewkb: Some(e), .. }) = &cell {
+    if let CellValue::Attr(AttrValue { derived: Derived::Ewkb(e), .. }) = &cell {
         assert!(!e.is_empty(), "empty EWKB for {ngsi_type:?} {shown}");
     }
     Some(cell)

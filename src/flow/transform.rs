@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 
 use super::{EntityDeleteMode, FlowSpec, TimeSource};
 use crate::intern::{intern, lowercase, Name};
-use crate::ngsi::value::{attr_cell, AttrJson, AttrValue, CellValue};
+use crate::ngsi::value::{attr_cell, AttrJson, AttrValue, CellValue, Derived};
 use crate::ngsi::{time, Entity, NgsiHeaders, Notification};
 use crate::route::{self, check_identifier, Datamodel, TableRef};
 use crate::tenants::Tenants;
@@ -343,8 +343,7 @@ fn metadata_column(
     let value = AttrValue {
         ngsi_type: Some(intern("StructuredValue")),
         value: serde_json::Value::Object(md).into(),
-        instant: None,
-        ewkb: None,
+        derived: Derived::None,
     };
     Ok((intern(&column), CellValue::Attr(value)))
 }
@@ -512,7 +511,7 @@ mod tests {
             let CellValue::Attr(loc) = op.get("location").unwrap() else {
                 panic!()
             };
-            assert!(loc.ewkb.is_some());
+            assert!(loc.ewkb().is_some());
             assert_eq!(op.kind, OpKind::Write);
         }
     }

@@ -15,6 +15,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
+use super::parsed::number_len;
 use super::value::AttrJson;
 
 /// serde_json's `arbitrary_precision` hands a number to `deserialize_any` as a one-member map
@@ -56,25 +57,26 @@ impl<'de> Visitor<'de> for AttrJsonVisitor {
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<AttrJson, E> {
-        Ok(AttrJson::Number(v.into()))
+        Ok(AttrJson::Number(v.to_string().into()))
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<AttrJson, E> {
-        Ok(AttrJson::Number(v.into()))
+        Ok(AttrJson::Number(v.to_string().into()))
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<AttrJson, E> {
         // Not reached with `arbitrary_precision` (numbers come as lexemes); a tree would hold
         // null for a non-finite one.
-        Ok(serde_json::Number::from_f64(v).map_or(AttrJson::Null, AttrJson::Number))
+        Ok(serde_json::Number::from_f64(v)
+            .map_or(AttrJson::Null, |n| AttrJson::Number(n.to_string().into())))
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<AttrJson, E> {
-        Ok(AttrJson::String(v.to_owned()))
+        Ok(AttrJson::String(v.into()))
     }
 
     fn visit_string<E: de::Error>(self, v: String) -> Result<AttrJson, E> {
-        Ok(AttrJson::String(v))
+        Ok(AttrJson::String(v.into_boxed_str()))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<AttrJson, A::Error> {
@@ -92,12 +94,29 @@ impl<'de> Visitor<'de> for AttrJsonVisitor {
     }
 }
 
-/// The number whose lexeme serde_json handed over under [`NUMBER_TOKEN`], parsed as a tree
-/// parses it (which also refuses a member of that name in the input that holds no number).
-pub(super) fn number<E: de::Error>(
-    lexeme: std::borrow::Cow<'_, str>,
-) -> Result<serde_json::Number, E> {
-    lexeme.parse().map_err(de::Error::custom)
+/// The lexeme of the number serde_json handed over under [`NUMBER_TOKEN`], as a tree keeps it
+/// (which also refuses a member of that name in the input that holds no number).
+///
+/// A lexeme already in serde_json's form (JSON's grammar, exponents written `e+`/`e-`), which
+/// is every one its parser hands over, is kept without parsing it into a `Number` again (an
+/// allocation per number); any other text goes through serde_json's own parser.
+pub(super) fn number<E: de::Error>(lexeme: std::borrow::Cow<'_, str>) -> Result<Box<str>, E> {
+    let b = lexeme.as_bytes();
+    let canonical = number_len(b) == Some(b.len())
+        && !b.contains(&b'E')
+        && b.iter()
+            .position(|&c| c == b'e')
+            .is_none_or(|e| matches!(b.get(e + 1), Some(b'+' | b'-')));
+    if canonical {
+        return Ok(match lexeme {
+            std::borrow::Cow::Owned(s) => s.into_boxed_str(),
+            std::borrow::Cow::Borrowed(s) => s.into(),
+        });
+    }
+    lexeme
+        .parse::<serde_json::Number>()
+        .map(|n| n.as_str().into())
+        .map_err(de::Error::custom)
 }
 
 /// An object or array already parsed as a tree (the general path), as composite text.
@@ -277,7 +296,7 @@ impl<'de> Visitor<'de> for Item<'_> {
             // Parsed as a tree parses it: a member of that name in the input itself holds any
             // text, which must be a number (then written as serde_json writes it) or an error.
             let n = number(map.next_value::<super::plain::Key<'de>>()?.0)?;
-            self.0.out.extend_from_slice(n.as_str().as_bytes());
+            self.0.out.extend_from_slice(n.as_bytes());
             return Ok(());
         }
         self.0.map_from(&first.0, map)
@@ -346,6 +365,22 @@ mod tests {
         }
         let text = r#"{"x": {"$serde_json::private::Number": "2.5E1"}}"#;
         assert_eq!(read(text).unwrap(), tree(text));
+        // Lexemes in serde_json's form are kept as they are, others are rewritten as it does.
+        for (lexeme, kept) in [
+            ("2E3", "2e+3"),
+            ("2e3", "2e+3"),
+            ("2e-3", "2e-3"),
+            ("-0", "-0"),
+            ("1.50", "1.50"),
+            (
+                "123456789012345678901234567890",
+                "123456789012345678901234567890",
+            ),
+        ] {
+            let text = format!(r#"{{"$serde_json::private::Number": "{lexeme}"}}"#);
+            assert_eq!(read(&text).unwrap(), tree(&text), "{text}");
+            assert_eq!(read(&text).unwrap().json_text(), kept, "{text}");
+        }
         assert_eq!(read(text).unwrap().json_text(), r#"{"x":2.5e+1}"#);
         // The same name in different objects is no repeat.
         let text = r#"{"a": {"a": 1}, "b": {"a": 2}, "c": [{"a": 3}, {"a": 4}]}"#;

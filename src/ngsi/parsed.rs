@@ -113,43 +113,11 @@ impl<'t> Reader<'t> {
         }
     }
 
-    /// A number's lexeme, checked against JSON's number grammar (RFC 8259 §6).
+    /// A number's lexeme, checked against JSON's number grammar.
     fn number(&mut self) -> Option<Parsed<'t>> {
         let start = self.at;
-        let b = self.text.as_bytes();
-        let digits = |at: &mut usize| {
-            let from = *at;
-            while b.get(*at).is_some_and(u8::is_ascii_digit) {
-                *at += 1;
-            }
-            *at > from
-        };
-        let mut at = self.at;
-        if b.get(at) == Some(&b'-') {
-            at += 1;
-        }
-        if b.get(at) == Some(&b'0') {
-            at += 1;
-        } else if !digits(&mut at) {
-            return None;
-        }
-        if b.get(at) == Some(&b'.') {
-            at += 1;
-            if !digits(&mut at) {
-                return None;
-            }
-        }
-        if matches!(b.get(at), Some(b'e' | b'E')) {
-            at += 1;
-            if matches!(b.get(at), Some(b'+' | b'-')) {
-                at += 1;
-            }
-            if !digits(&mut at) {
-                return None;
-            }
-        }
-        self.at = at;
-        Some(Parsed::Number(&self.text[start..at]))
+        self.at += number_len(&self.text.as_bytes()[start..])?;
+        Some(Parsed::Number(&self.text[start..self.at]))
     }
 
     /// A string at `"`: borrowed when it holds no escape, unescaped by serde_json otherwise.
@@ -264,6 +232,43 @@ impl GeoValue for Parsed<'_> {
     fn is_object(&self) -> bool {
         matches!(self, Parsed::Object(_))
     }
+}
+
+/// The length of the JSON number (RFC 8259 §6: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`)
+/// at the start of `b`; `None` when `b` does not start with one.
+pub(super) fn number_len(b: &[u8]) -> Option<usize> {
+    let digits = |at: &mut usize| {
+        let from = *at;
+        while b.get(*at).is_some_and(u8::is_ascii_digit) {
+            *at += 1;
+        }
+        *at > from
+    };
+    let mut at = 0;
+    if b.first() == Some(&b'-') {
+        at += 1;
+    }
+    if b.get(at) == Some(&b'0') {
+        at += 1;
+    } else if !digits(&mut at) {
+        return None;
+    }
+    if b.get(at) == Some(&b'.') {
+        at += 1;
+        if !digits(&mut at) {
+            return None;
+        }
+    }
+    if matches!(b.get(at), Some(b'e' | b'E')) {
+        at += 1;
+        if matches!(b.get(at), Some(b'+' | b'-')) {
+            at += 1;
+        }
+        if !digits(&mut at) {
+            return None;
+        }
+    }
+    Some(at)
 }
 
 #[cfg(test)]

@@ -166,31 +166,33 @@ fn text<'a>(
         return Ok(None);
     }
     match kind {
-        ColumnKind::Geometry | ColumnKind::Geography => match &attr.ewkb {
+        ColumnKind::Geometry | ColumnKind::Geography => match attr.ewkb() {
             Some(ewkb) => Ok(Some(hex::encode(ewkb).into())),
             None => Err(fail(
                 "only geo:point, geo:line, geo:box, geo:polygon and geo:json values are geometries",
             )),
         },
-        ColumnKind::TimestampTz | ColumnKind::Timestamp | ColumnKind::Date => match &attr.instant {
-            Some(t) => Ok(bind_instant(kind, t).map(Cow::Owned)),
-            None => Err(fail(
-                "not an ISO 8601 date-time of NGSI type DateTime or ISO8601",
-            )),
-        },
+        ColumnKind::TimestampTz | ColumnKind::Timestamp | ColumnKind::Date => {
+            match attr.instant() {
+                Some(t) => Ok(bind_instant(kind, t).map(Cow::Owned)),
+                None => Err(fail(
+                    "not an ISO 8601 date-time of NGSI type DateTime or ISO8601",
+                )),
+            }
+        }
         ColumnKind::Json | ColumnKind::Jsonb => Ok(Some(attr.value.json_text())),
         ColumnKind::Boolean => match &attr.value {
             AttrJson::Bool(b) => Ok(Some(b.to_string().into())),
             _ => Err(fail("")),
         },
         ColumnKind::SmallInt | ColumnKind::Integer | ColumnKind::BigInt => match &attr.value {
-            AttrJson::Number(n) => exact_integer(n.as_str(), kind)
+            AttrJson::Number(n) => exact_integer(n, kind)
                 .map(|i| Some(i.into()))
                 .map_err(|r| fail(&r)),
             _ => Err(fail("")),
         },
         ColumnKind::Numeric | ColumnKind::Float => match &attr.value {
-            AttrJson::Number(n) => Ok(Some(Cow::Borrowed(n.as_str()))),
+            AttrJson::Number(n) => Ok(Some(Cow::Borrowed(n))),
             _ => Err(fail("")),
         },
         ColumnKind::Text | ColumnKind::Other => Ok(match &attr.value {
@@ -333,14 +335,12 @@ pub fn bind<'a>(
     let bound = match (wire, value, attr) {
         (Wire::Text, ..) | (_, CellValue::Null, _) => None,
         (Wire::TimestampTz, CellValue::Instant(t), _) => Some(Bound::TimestampTz(micros(t))),
-        (Wire::TimestampTz, _, Some(a)) => {
-            a.instant.as_ref().map(|t| Bound::TimestampTz(micros(t)))
-        }
+        (Wire::TimestampTz, _, Some(a)) => a.instant().map(|t| Bound::TimestampTz(micros(t))),
         (Wire::Bool, _, Some(a)) => a.value.as_bool().map(Bound::Bool),
-        (Wire::Geometry, _, Some(a)) => a.ewkb.as_deref().map(Bound::Ewkb),
+        (Wire::Geometry, _, Some(a)) => a.ewkb().map(|e| Bound::Ewkb(e)),
         (Wire::Float8, _, Some(a)) => match &a.value {
             AttrJson::Number(n) => {
-                let lexeme = n.as_str();
+                let lexeme: &str = n;
                 return float8(lexeme)
                     .map(|f| Some(Bound::Float8(f)))
                     .ok_or_else(|| {
@@ -412,7 +412,7 @@ fn exact_integer(lexeme: &str, kind: ColumnKind) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ngsi::value::AttrValue;
+    use crate::ngsi::value::{AttrValue, Derived};
     use serde_json::json;
     use std::sync::Arc;
 
@@ -423,8 +423,10 @@ mod tests {
         CellValue::Attr(AttrValue {
             ngsi_type: Some(ty.into()),
             value: v.into(),
-            instant: if ty == "DateTime" { instant } else { None },
-            ewkb: None,
+            derived: match instant {
+                Some(t) if ty == "DateTime" => Derived::Instant(t),
+                _ => Derived::None,
+            },
         })
     }
 
@@ -508,8 +510,7 @@ mod tests {
         let v = CellValue::Attr(AttrValue {
             ngsi_type: Some("geo:point".into()),
             value: json!("1, 2").into(),
-            instant: None,
-            ewkb: Some(Arc::from(vec![1u8, 0xab])),
+            derived: Derived::Ewkb(Arc::from(vec![1u8, 0xab])),
         });
         assert_eq!(
             bind_text("location", ColumnKind::Geometry, "geometry", &v),
@@ -531,8 +532,7 @@ mod tests {
         let geo = CellValue::Attr(AttrValue {
             ngsi_type: Some("geo:point".into()),
             value: json!("1, 2").into(),
-            instant: None,
-            ewkb: Some(Arc::from(vec![1u8, 0xab])),
+            derived: Derived::Ewkb(Arc::from(vec![1u8, 0xab])),
         });
         let cases: Vec<(ColumnKind, Wire, CellValue, Option<Bound>)> = vec![
             (Float, Wire::Float8, num("21.50"), Some(Bound::Float8(21.5))),

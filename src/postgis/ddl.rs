@@ -55,7 +55,7 @@ pub(crate) fn column_type(value: &CellValue, overrides: &[(String, String)]) -> 
     if let Some(t) = overridden(&ngsi) {
         return Some(t);
     }
-    if let Some(ewkb) = &a.ewkb {
+    if let Some(ewkb) = a.ewkb() {
         return Some(geometry_type(ewkb));
     }
     let by_type = match ngsi.as_str() {
@@ -230,7 +230,7 @@ pub(crate) fn statements(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ngsi::value::AttrValue;
+    use crate::ngsi::value::{AttrValue, Derived};
     use serde_json::json;
     use std::sync::Arc;
 
@@ -238,8 +238,7 @@ mod tests {
         CellValue::Attr(AttrValue {
             ngsi_type: ty.map(Into::into),
             value: value.into(),
-            instant: None,
-            ewkb: None,
+            derived: Derived::None,
         })
     }
 
@@ -248,8 +247,7 @@ mod tests {
         CellValue::Attr(AttrValue {
             ngsi_type: Some(ty.into()),
             value: value.into(),
-            instant: None,
-            ewkb: Some(Arc::from(ewkb)),
+            derived: Derived::Ewkb(Arc::from(ewkb)),
         })
     }
 
