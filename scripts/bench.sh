@@ -140,20 +140,41 @@ PY
 half=$(printf %.0f "$(echo "$rate / 2" | bc -l)")
 log "latency at half rate: $half notifications/s for 20 s"
 # Before the baselines load 2 x the rows into other databases, and after a checkpoint: the
-# drain's dirty pages are not written while latency is measured.
+# drain's dirty pages are not written while latency is measured. `sync` writes the files the
+# export just wrote (the rows and insert.sql, hundreds of MB): the kernel writes back pages
+# dirty for 30 s, and a WAL flush queued behind such a write-back held every flow's commit for
+# 1-2 s (sampled on 2026-12-03: 262 MB written in 0.7 s, window transactions of 100-190 ms
+# instead of 30, and the seconds over 250 ms were exactly those).
 psql "$PG_ADMIN_URL" -qc CHECKPOINT
-buckets() { curl -s "http://$ADMIN/metrics" | grep '^ngsiflow_commit_latency_seconds_bucket'; }
+sync
+buckets() { curl -s "http://$ADMIN/metrics" | grep -E '^ngsiflow_(commit_latency|db_write_duration)_seconds_(bucket|count)'; }
+# Sectors written to the disk holding PostgreSQL's data during the phase, and window
+# transactions slower than 250 ms: a tail from write-back stalls shows in both.
+pg_disk=$(basename "$(findmnt -no SOURCE -T "$(psql "$PG_ADMIN_URL" -tAc 'SHOW data_directory')" || true)")
+disk_written() { awk -v d="$pg_disk" '$3 == d { s = $10 } END { print s + 0 }' /proc/diskstats; }
+slow_windows() { # buckets file → windows over 250 ms
+  awk 'index($0, "ngsiflow_db_write_duration_seconds_count") == 1 { c += $NF }
+       index($0, "ngsiflow_db_write_duration_seconds_bucket") == 1 && index($0, "le=\"0.25\"") { b += $NF }
+       END { print c + 0, c - b }' "$1"
+}
 buckets >"$OUT/latency0.txt"
+disk0=$(disk_written)
 "$BIN" produce --brokers "$BROKER" --workload multi-tenant --first "$N" --count $((half * 20)) \
   --rate "$half" --entities 100 --quiet
 target=$((N + half * 20))
 for _ in $(seq 1 300); do [ "$(metric_sum messages_processed_total "")" -ge "$target" ] && break; sleep 0.1; done
 buckets >"$OUT/latency1.txt"
+disk_mb=$((($(disk_written) - disk0) / 2048))
+read -r windows0 slow0 < <(slow_windows "$OUT/latency0.txt")
+read -r windows1 slow1 < <(slow_windows "$OUT/latency1.txt")
+windows=$((windows1 - windows0)); slow=$((slow1 - slow0))
 read -r p50 p95 p99 < <(python3 - "$OUT/latency0.txt" "$OUT/latency1.txt" <<'PY'
 import re, sys
 def load(path):
     acc = {}
     for line in open(path):
+        if not line.startswith('ngsiflow_commit_latency_seconds_bucket'):
+            continue
         le = float(re.search(r'le="([^"]+)"', line).group(1).replace('+Inf', 'inf'))
         acc[le] = acc.get(le, 0) + float(line.split()[-1])
     return acc
@@ -216,6 +237,7 @@ Machine: $machine. Command: \`scripts/bench.sh $N\`.
 | CPU per notification: worker / PostgreSQL / broker | $worker_us / $pg_us / $broker_us µs |
 | worker peak RSS | $peak_rss MiB |
 | notification-to-commit latency at $half notifications/s (half rate), p50 / p95 / p99 | $p50 / $p95 / $p99 ms |
+| during that phase: window transactions over 250 ms; MB written to PostgreSQL's disk | $slow of $windows; $disk_mb MB |
 REPORT
 cat "$OUT/report.md"
 [ -f docs/benchmarks.md ] || printf '# Benchmark history\n\nEach entry is one run of `scripts/bench.sh` (newest last).\n' >docs/benchmarks.md
