@@ -57,10 +57,11 @@ pub struct RunArgs {
     pub linger_ms: u64,
     /// Messages each flow reads ahead of a window write, from what the consumer has fetched
     /// already, and decodes while the window is written (0–100000; 0: none). Each takes its
-    /// decoded size in memory (README, "Memory"). Default: half a window, which keeps the
-    /// benchmark drain's peak RSS under 64 MiB (58–60 MiB in paired drains, 65–67 with a
-    /// whole window of 2000, which drained about 10 % faster).
-    #[arg(long, env = "NGSIFLOW_READ_AHEAD", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    /// decoded size in memory (README, "Memory"). Default: three quarters of a window, which
+    /// keeps the benchmark drain's peak RSS under 64 MiB (58–59 MiB in paired drains on
+    /// 2026-12-03, as with 1000, at 8–10 % more notifications/s; a whole window of 2000
+    /// drained 2–4 % faster still, at 60–64 MiB).
+    #[arg(long, env = "NGSIFLOW_READ_AHEAD", default_value_t = 1500, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub read_ahead: u32,
     /// Datamodel when a record has no `fiware-datamodel` header.
     #[arg(long, env = "NGSIFLOW_DEFAULT_DATAMODEL", default_value = "dm-by-entity-type-database", value_parser = parse_datamodel)]

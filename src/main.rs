@@ -70,11 +70,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// Has mimalloc return freed memory to the system 25 ms after it is freed instead of 1 s (its
-/// v3 default): a flow frees a whole window at each commit, and a second of them stayed in the
-/// RSS. In paired benchmark drains the worker peaked at 70-74 MiB against 87-92 MiB, at the
-/// same rate and CPU; immediate purging (0) reached 68-71 MiB for 3-4 % more worker CPU.
-/// `MIMALLOC_PURGE_DELAY`, when set, still decides.
+/// Has mimalloc return freed memory to the system as soon as it is freed instead of after 1 s
+/// (its v3 default): a flow frees a whole window at each commit, and a second of them stayed
+/// in the RSS (paired benchmark drains: 70-74 MiB of peak RSS with a 25 ms delay against
+/// 87-92 MiB). Immediate purging takes 2-3 MiB less than 25 ms, which pays for a longer
+/// read-ahead (`--read-ahead`): on 2026-12-03, with 1500 messages read ahead, 58-59 MiB at
+/// 55 700-58 200 notifications/s against 60-64 MiB with 25 ms, for about 1-2 % more worker
+/// CPU. `MIMALLOC_PURGE_DELAY` (milliseconds), when set, still decides.
 fn purge_freed_memory_sooner() {
     /// `mi_option_purge_delay` in mimalloc v3's `mi_option_e` (include/mimalloc.h), which the
     /// Rust bindings do not name (they name its neighbours 14 and 16).
@@ -82,7 +84,7 @@ fn purge_freed_memory_sooner() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets one integer option of the allocator; mimalloc reads it when it next
         // schedules a purge and allows setting options at any time.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 25) };
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     }
 }
 
