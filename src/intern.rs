@@ -18,6 +18,11 @@ pub type Name = Arc<str>;
 /// bound, and names already handed out stay valid when it is cleared.
 const MAX_NAMES: usize = 4096;
 
+/// Longest name kept, in bytes: Orion refuses entity, attribute and type names over 256
+/// characters, so longer ones come from elsewhere (a hostile producer) and are handed out
+/// without being kept — a stream of megabyte-long names must not fill the sets.
+const MAX_KEPT_BYTES: usize = 256;
+
 thread_local! {
     // FxHash: names are short and not chosen to collide (the set is bounded anyway), and
     // SipHash took longer than the allocation it saves.
@@ -28,6 +33,9 @@ thread_local! {
 
 /// The shared [`Name`] for `text`: the one already held by this thread, or a new one.
 pub fn intern(text: &str) -> Name {
+    if text.len() > MAX_KEPT_BYTES {
+        return Name::from(text);
+    }
     NAMES.with_borrow_mut(|names| {
         if let Some(name) = names.get(text) {
             return Name::clone(name);
@@ -50,6 +58,9 @@ pub fn lowercase(name: &Name) -> Name {
         .any(|b| b.is_ascii_uppercase() || !b.is_ascii())
     {
         return Name::clone(name);
+    }
+    if name.len() > MAX_KEPT_BYTES {
+        return intern(&name.to_lowercase());
     }
     LOWER.with_borrow_mut(|lower| {
         if let Some(l) = lower.get(&**name) {
@@ -87,6 +98,17 @@ mod tests {
         assert!(Arc::ptr_eq(&lowercase(&mixed), &intern("timeinstant")));
         assert_eq!(&*lowercase(&intern("ÁREA")), "área");
         assert_eq!(&*lowercase(&intern("área")), "área");
+    }
+
+    #[test]
+    fn long_names_are_handed_out_but_not_kept() {
+        let long = "N".repeat(MAX_KEPT_BYTES + 1);
+        let a = intern(&long);
+        assert_eq!(&*a, long);
+        assert!(!Arc::ptr_eq(&a, &intern(&long)));
+        assert_eq!(*lowercase(&a), *long.to_lowercase());
+        assert!(NAMES.with_borrow(|n| !n.contains(long.as_str())));
+        assert!(LOWER.with_borrow(|l| !l.contains_key(long.as_str())));
     }
 
     #[test]
