@@ -202,17 +202,25 @@ pub fn decode(
         return Err(DecodeError::EmptyValue);
     }
     // Input that is not UTF-8 is left to the general path, which gives the error.
-    let (body, entities) = match std::str::from_utf8(bytes).ok().and_then(plain::read) {
-        Some(plain) => (plain.rest, Some(plain.entities)),
-        None => {
-            let root: Json = serde_json::from_slice(bytes)
-                .map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
-            let (body, body_headers) = unwrap_envelope(root)?;
-            return finish(body, body_headers, None, headers);
-        }
+    let Some(plain) = std::str::from_utf8(bytes).ok().and_then(plain::read) else {
+        let root: Json =
+            serde_json::from_slice(bytes).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
+        let (body, body_headers) = unwrap_envelope(root)?;
+        let subscription_id = body
+            .get("subscriptionId")
+            .and_then(Json::as_str)
+            .map(str::to_string);
+        return finish(body, body_headers, None, subscription_id, headers);
     };
-    let body_headers = body_headers(&body);
-    finish(body, body_headers, entities, headers)
+    let body_headers = body_headers(&plain.rest);
+    let entities = Some(plain.entities);
+    finish(
+        plain.rest,
+        body_headers,
+        entities,
+        plain.subscription_id,
+        headers,
+    )
 }
 
 /// Routing headers and entities of an unwrapped body; `entities` when already read.
@@ -220,6 +228,7 @@ fn finish(
     mut body: Map<String, Json>,
     body_headers: Option<NgsiHeaders>,
     entities: Option<Vec<Entity>>,
+    subscription_id: Option<String>,
     headers: &[(&str, &[u8])],
 ) -> Result<Notification, DecodeError> {
     let has_routing_headers = headers.iter().any(|(n, _)| {
@@ -241,10 +250,6 @@ fn finish(
         }
         h
     };
-    let subscription_id = body
-        .get("subscriptionId")
-        .and_then(Json::as_str)
-        .map(str::to_string);
     let entities = match entities {
         Some(entities) => entities,
         None => match body.swap_remove("data") {

@@ -23,10 +23,11 @@ use super::value::AttrJson;
 use super::{attribute, Entity};
 use crate::intern::{intern, Name};
 
-/// A plain notification: its entities, and the other members of the body (`subscriptionId`,
-/// routing headers of legacy producers).
+/// A plain notification: its entities, its `subscriptionId` when that is a string, and the
+/// other members of the body (routing headers of legacy producers; usually none).
 pub(super) struct Plain {
     pub(super) entities: Vec<Entity>,
+    pub(super) subscription_id: Option<String>,
     pub(super) rest: Map<String, Json>,
 }
 
@@ -38,12 +39,14 @@ pub(super) fn read(text: &str) -> Option<Plain> {
     let body: Body = serde_json::from_str(text).ok()?;
     Some(Plain {
         entities: body.data?,
+        subscription_id: body.subscription_id,
         rest: body.rest,
     })
 }
 
 struct Body {
     data: Option<Vec<Entity>>,
+    subscription_id: Option<String>,
     rest: Map<String, Json>,
 }
 
@@ -65,12 +68,17 @@ impl<'de> Visitor<'de> for BodyVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Body, A::Error> {
         let mut body = Body {
             data: None,
+            subscription_id: None,
             rest: Map::new(),
         };
         while let Some(Key(key)) = map.next_key()? {
             if key == "data" {
                 let entities: Vec<PlainEntity> = map.next_value()?;
                 body.data = Some(entities.into_iter().map(|e| e.0).collect());
+            } else if key == "subscriptionId" {
+                // Taken as the general path takes it from a map: the last one, if a string.
+                // Kept out of `rest`, which then is usually empty and never allocated.
+                body.subscription_id = map.next_value::<StringOrNone>()?.0.map(Cow::into_owned);
             } else {
                 let value: Json = map.next_value()?;
                 body.rest.insert(key.into_owned(), value);
@@ -362,6 +370,10 @@ mod tests {
         let bodies = [
             r#"{"subscriptionId": "s1", "data": [{"id": "E1", "type": "T", "temperature": {"type": "Number", "value": 21.50, "metadata": {}}}]}"#,
             r#"{"data": [], "subscriptionId": "s2"}"#,
+            // a repeated subscriptionId: the last one counts; one that is no string is none
+            r#"{"subscriptionId": "s1", "data": [], "subscriptionId": "s3"}"#,
+            r#"{"subscriptionId": "s1", "data": [], "subscriptionId": 7}"#,
+            r#"{"subscriptionId": {"id": "s1"}, "data": []}"#,
             r#"{"data": [{"id": "E", "type": "T", "a": {"type": "Text", "value": null}, "b": {"value": 1e400, "type": "Number"}, "c": {}}]}"#,
             r#"{"data": [{"id": "E", "type": "T", "m": {"type": "Number", "value": 1, "metadata": {"unitCode": {"type": "Text", "value": "CEL"}}, "extra": [1, {"x": 2}]}}]}"#,
             r#"{"data": [{"id": 7, "type": ["x"], "n": {"type": 5, "value": [1, 2.0, "3"], "metadata": "bad"}}]}"#,
@@ -378,7 +390,8 @@ mod tests {
             let plain = read(body).unwrap_or_else(|| panic!("gave up on {body}"));
             let (entities, sub) = general(body);
             assert_eq!(plain.entities, entities, "{body}");
-            assert_eq!(plain.rest.get("subscriptionId").cloned(), sub, "{body}");
+            let sub = sub.as_ref().and_then(Json::as_str).map(str::to_string);
+            assert_eq!(plain.subscription_id, sub, "{body}");
         }
     }
 
