@@ -143,8 +143,9 @@ log "latency at half rate: $half notifications/s for 20 s"
 # drain's dirty pages are not written while latency is measured. `sync` writes the files the
 # export just wrote (the rows and insert.sql, hundreds of MB): the kernel writes back pages
 # dirty for 30 s, and a WAL flush queued behind such a write-back held every flow's commit for
-# 1-2 s (sampled on 2026-12-03: 262 MB written in 0.7 s, window transactions of 100-190 ms
-# instead of 30, and the seconds over 250 ms were exactly those).
+# 1-2 s (sampled on 2026-12-03 with the broker's own dirty pages: 262 MB written in 0.7 s,
+# window transactions of 100-190 ms instead of 30, and the commits over 250 ms in those
+# seconds).
 psql "$PG_ADMIN_URL" -qc CHECKPOINT
 sync
 buckets() { curl -s "http://$ADMIN/metrics" | grep -E '^ngsiflow_(commit_latency|db_write_duration)_seconds_(bucket|count)'; }

@@ -73,10 +73,10 @@ fn main() -> ExitCode {
 /// Has mimalloc return freed memory to the system as soon as it is freed instead of after 1 s
 /// (its v3 default): a flow frees a whole window at each commit, and a second of them stayed
 /// in the RSS (paired benchmark drains: 70-74 MiB of peak RSS with a 25 ms delay against
-/// 87-92 MiB). Immediate purging takes 2-3 MiB less than 25 ms, which pays for a longer
+/// 87-92 MiB). Immediate purging took 2-3 MiB less than 25 ms, which pays for a longer
 /// read-ahead (`--read-ahead`): on 2026-12-03, with 1500 messages read ahead, 58-59 MiB at
 /// 55 700-58 200 notifications/s against 60-64 MiB with 25 ms, for about 1-2 % more worker
-/// CPU. `MIMALLOC_PURGE_DELAY` (milliseconds), when set, still decides.
+/// CPU (measured with `MIMALLOC_PURGE_DELAY=0`; set here, 58-63 MiB in 5 drains). `MIMALLOC_PURGE_DELAY` (milliseconds), when set, still decides.
 fn purge_freed_memory_sooner() {
     /// `mi_option_purge_delay` in mimalloc v3's `mi_option_e` (include/mimalloc.h), which the
     /// Rust bindings do not name (they name its neighbours 14 and 16).
