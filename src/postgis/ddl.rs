@@ -400,7 +400,9 @@ mod tests {
             sql_type: t.into(),
             cast_type: t.into(),
         };
-        let existing: TableMeta = [("entityid".to_string(), info("text"))].into();
+        let existing: TableMeta = [("entityid".to_string(), info("text"))]
+            .into_iter()
+            .collect();
         assert_eq!(
             statements(&t, Some(&existing), &wanted, allowed),
             [

@@ -5,8 +5,9 @@
 //! its prepared statement took about 5 % of the worker's CPU in a drain (180 tables, every
 //! window), for a text that depends only on what the shape holds.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use tokio_postgres::Statement;
 
@@ -57,8 +58,8 @@ impl Shaped {
 /// `MAX_CACHED_STATEMENTS` statements (bounded memory on the server and here).
 #[derive(Default)]
 pub(crate) struct Statements {
-    by_sql: HashMap<String, Statement>,
-    by_shape: HashMap<TableRef, Vec<Shaped>>,
+    by_sql: FxHashMap<String, Statement>,
+    by_shape: FxHashMap<TableRef, Vec<Shaped>>,
     shaped: usize,
 }
 

@@ -685,7 +685,8 @@ mod tests {
             ("b".to_string(), info("text", ColumnKind::Text)),
             ("c".to_string(), info("text", ColumnKind::Text)),
         ]
-        .into();
+        .into_iter()
+        .collect();
         let columns = vec!["a".to_string(), "b".to_string(), "c".to_string()];
         let op = RowOp {
             target: TableRef {
