@@ -48,11 +48,11 @@ impl ReadAhead {
         self.waiting.len()
     }
 
-    /// Appends a message received now.
-    pub(crate) fn push(&mut self, record: Inbound) {
+    /// Appends a message received at `received`.
+    pub(crate) fn push(&mut self, record: Inbound, received: Instant) {
         self.waiting.push_back(Waiting {
             record,
-            received: Instant::now(),
+            received,
             decoded: None,
         });
     }
@@ -136,7 +136,10 @@ mod tests {
         let mut ahead = ReadAhead::default();
         let n = DECODED_PER_YIELD + 2;
         for i in 0..n {
-            ahead.push(record(0, i as i64, &notification(&[&format!("e{i}")])));
+            ahead.push(
+                record(0, i as i64, &notification(&[&format!("e{i}")])),
+                Instant::now(),
+            );
         }
         // The "write" is ready after the side task's first step.
         let mut polls = 0;
@@ -156,7 +159,7 @@ mod tests {
         );
         assert!(ahead.waiting[step - 1].decoded.is_some() && ahead.waiting[step].decoded.is_none());
         // Dropping a partition keeps the count of decoded ones honest.
-        ahead.push(record(1, 0, &notification(&["x"])));
+        ahead.push(record(1, 0, &notification(&["x"])), Instant::now());
         assert_eq!(ahead.drop_partitions(&[1]), 1);
         assert_eq!((ahead.len(), ahead.decoded), (n, step));
         let popped: Vec<(i64, usize)> = std::iter::from_fn(|| ahead.pop(&s))
@@ -170,8 +173,8 @@ mod tests {
     async fn a_long_write_sees_everything_decoded() {
         let s = settings();
         let mut ahead = ReadAhead::default();
-        ahead.push(record(0, 0, &notification(&["a"])));
-        ahead.push(record(0, 1, "not json"));
+        ahead.push(record(0, 0, &notification(&["a"])), Instant::now());
+        ahead.push(record(0, 1, "not json"), Instant::now());
         let write = async {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             "written"

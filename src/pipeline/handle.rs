@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
@@ -210,6 +210,7 @@ impl FlowHandle {
     /// latency from each record's Kafka timestamp, `/health`.
     pub(crate) fn messages_done(&self, window: &FlushWindow) {
         let now_ms = Utc::now().timestamp_millis();
+        let now = Instant::now();
         let latency = self.metrics.commit_latency.with_label_values(&[&self.flow]);
         for m in window.finished_messages() {
             if let Some(ts) = m.record.timestamp_ms {
@@ -222,7 +223,7 @@ impl FlowHandle {
                 (
                     h.service.as_str(),
                     !h.failed,
-                    h.received.elapsed().as_secs_f64(),
+                    now.saturating_duration_since(h.received).as_secs_f64(),
                 )
             }),
             Utc::now(),

@@ -194,6 +194,8 @@ where
     /// `read_ahead` messages, so that they are decoded while the window is written.
     fn read_ahead(&mut self, window: &mut FlushWindow, held: &mut ReadAhead) {
         use futures::FutureExt;
+        // Everything taken here was fetched already: one receive time for the sweep.
+        let received = Instant::now();
         while held.len() < self.read_ahead {
             match self.consumer.recv().now_or_never() {
                 Some(Ok(m)) => {
@@ -202,7 +204,7 @@ where
                     if self.holding_back {
                         self.consumer.pause_all();
                     }
-                    held.push(m);
+                    held.push(m, received);
                 }
                 Some(Err(e)) => {
                     tracing::warn!(flow = %self.flow(), error = %e, "kafka consumer error");
@@ -493,7 +495,7 @@ where
                 _ = cancel.cancelled() => return Some(Retry::Cancelled),
                 r = self.consumer.recv() => {
                     if let Ok(m) = r {
-                        held.push(m);
+                        held.push(m, Instant::now());
                         // A message while paused comes from a partition assigned since the
                         // pause (assignments start unpaused): pause it too, so what is held
                         // stays bounded by the prefetch.
