@@ -66,7 +66,7 @@ pub fn to_ewkb<V: GeoValue>(ngsi_type: &str, value: &V, srid: i32) -> Result<Vec
     match ty.unwrap_or_default() {
         "geo:point" => {
             let (lat, lon) = lat_lon(value).map_err(err)?;
-            let mut w = EwkbWriter::new(false);
+            let mut w = EwkbWriter::new(false, HEADER_BYTES + 16);
             w.header(POINT, Some(srid));
             w.xy(lon, lat);
             Ok(w.out)
@@ -206,7 +206,13 @@ fn geojson_to_ewkb<V: GeoValue>(value: &V, srid: i32) -> Result<Vec<u8>, String>
         }
         other => return Err(format!("unsupported GeoJSON type {other:?}")),
     };
-    let mut w = EwkbWriter::new(dims == 3);
+    // A point's size is known (the most common value); other shapes start at 64 bytes.
+    let capacity = if kind == "Point" {
+        HEADER_BYTES + 8 * dims
+    } else {
+        64
+    };
+    let mut w = EwkbWriter::new(dims == 3, capacity);
     if kind == "GeometryCollection" {
         w.header(GEOMETRYCOLLECTION, Some(srid));
         w.count(parts.len());
@@ -240,10 +246,15 @@ struct EwkbWriter {
     z: bool,
 }
 
+/// Bytes of an EWKB header with an SRID: byte order, type word, SRID.
+const HEADER_BYTES: usize = 9;
+
 impl EwkbWriter {
-    fn new(z: bool) -> Self {
+    /// A writer whose buffer holds `capacity` bytes: exact where the size is known, so that
+    /// boxing the result (a record keeps it) neither copies nor wastes it.
+    fn new(z: bool, capacity: usize) -> Self {
         Self {
-            out: Vec::with_capacity(64),
+            out: Vec::with_capacity(capacity),
             z,
         }
     }
@@ -344,7 +355,8 @@ fn nested<V: GeoValue>(c: &V) -> Result<&[V], String> {
 /// A geometry of lat/lon pairs (NGSI simple location formats), written lon/lat: a LineString,
 /// or a Polygon of one ring.
 fn lat_lon_geometry(code: u32, pts: &[(f64, f64)], srid: i32) -> Vec<u8> {
-    let mut w = EwkbWriter::new(false);
+    let rings = usize::from(code == POLYGON);
+    let mut w = EwkbWriter::new(false, HEADER_BYTES + 4 * (rings + 1) + 16 * pts.len());
     w.header(code, Some(srid));
     if code == POLYGON {
         w.count(1);
@@ -502,6 +514,29 @@ mod tests {
         assert!(ty & 0x2000_0000 != 0, "SRID flag set");
         let srid = i32::from_le_bytes(ewkb[5..9].try_into().unwrap());
         (ty & 0xff, srid)
+    }
+
+    /// Points, lines and polygons are written into a buffer of exactly their size, which a
+    /// record then keeps boxed without a copy.
+    #[test]
+    fn known_sizes_fill_their_buffer_exactly() {
+        let cases = [
+            ("geo:point", json!("40.4168, -3.7038")),
+            ("geo:line", json!(["1.4168, -1.7038", "1.4178, -1.7028"])),
+            ("geo:polygon", json!(["1, 1", "1, 2", "2, 2", "1, 1"])),
+            (
+                "geo:json",
+                json!({"type": "Point", "coordinates": [-3.7, 40.4]}),
+            ),
+            (
+                "geo:json",
+                json!({"type": "Point", "coordinates": [-3.7, 40.4, 650.0]}),
+            ),
+        ];
+        for (ty, value) in cases {
+            let ewkb = to_ewkb(ty, &value, 4326).unwrap();
+            assert_eq!(ewkb.capacity(), ewkb.len(), "{ty} {value}");
+        }
     }
 
     #[test]

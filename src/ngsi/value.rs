@@ -2,8 +2,6 @@
 //! already derived (parsed instant, EWKB). How a value is bound to a column's type lives in
 //! `postgis::bind`.
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 
@@ -50,8 +48,9 @@ pub enum Derived {
     None,
     /// The instant of a `DateTime`/`ISO8601` value.
     Instant(DateTime<Utc>),
-    /// The EWKB of a geo value (shared: cloned rows do not copy it).
-    Ewkb(Arc<[u8]>),
+    /// The EWKB of a geo value (boxed from the writer's buffer without a copy; an `Arc` cost
+    /// an allocation and a copy per geometry, for clones only error paths make).
+    Ewkb(Box<[u8]>),
 }
 
 impl AttrValue {
@@ -64,7 +63,7 @@ impl AttrValue {
     }
 
     /// The EWKB of a geo value.
-    pub fn ewkb(&self) -> Option<&Arc<[u8]>> {
+    pub fn ewkb(&self) -> Option<&[u8]> {
         match &self.derived {
             Derived::Ewkb(e) => Some(e),
             _ => None,
@@ -86,7 +85,7 @@ pub fn attr_cell(ngsi_type: Option<Name>, value: AttrJson, srid: i32) -> Result<
     let mut derived = Derived::None;
     if let Some(ty) = ngsi_type.as_deref() {
         if geo::is_geo_type(ty) {
-            derived = Derived::Ewkb(Arc::from(geometry(ty, &value, srid)?));
+            derived = Derived::Ewkb(geometry(ty, &value, srid)?.into_boxed_slice());
         } else if ty.eq_ignore_ascii_case("DateTime") || ty.eq_ignore_ascii_case("ISO8601") {
             if let Some(t) = value.as_str().and_then(|s| time::parse_datetime(s).ok()) {
                 derived = Derived::Instant(t);

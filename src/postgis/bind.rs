@@ -337,7 +337,7 @@ pub fn bind<'a>(
         (Wire::TimestampTz, CellValue::Instant(t), _) => Some(Bound::TimestampTz(micros(t))),
         (Wire::TimestampTz, _, Some(a)) => a.instant().map(|t| Bound::TimestampTz(micros(t))),
         (Wire::Bool, _, Some(a)) => a.value.as_bool().map(Bound::Bool),
-        (Wire::Geometry, _, Some(a)) => a.ewkb().map(|e| Bound::Ewkb(e)),
+        (Wire::Geometry, _, Some(a)) => a.ewkb().map(Bound::Ewkb),
         (Wire::Float8, _, Some(a)) => match &a.value {
             AttrJson::Number(n) => {
                 let lexeme: &str = n;
@@ -414,7 +414,6 @@ mod tests {
     use super::*;
     use crate::ngsi::value::{AttrValue, Derived};
     use serde_json::json;
-    use std::sync::Arc;
 
     fn attr(ty: &str, v: Json) -> CellValue {
         let instant = v
@@ -510,7 +509,7 @@ mod tests {
         let v = CellValue::Attr(AttrValue {
             ngsi_type: Some("geo:point".into()),
             value: json!("1, 2").into(),
-            derived: Derived::Ewkb(Arc::from(vec![1u8, 0xab])),
+            derived: Derived::Ewkb(Box::from([1u8, 0xab])),
         });
         assert_eq!(
             bind_text("location", ColumnKind::Geometry, "geometry", &v),
@@ -532,7 +531,7 @@ mod tests {
         let geo = CellValue::Attr(AttrValue {
             ngsi_type: Some("geo:point".into()),
             value: json!("1, 2").into(),
-            derived: Derived::Ewkb(Arc::from(vec![1u8, 0xab])),
+            derived: Derived::Ewkb(Box::from([1u8, 0xab])),
         });
         let cases: Vec<(ColumnKind, Wire, CellValue, Option<Bound>)> = vec![
             (Float, Wire::Float8, num("21.50"), Some(Bound::Float8(21.5))),

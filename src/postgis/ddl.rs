@@ -232,7 +232,6 @@ mod tests {
     use super::*;
     use crate::ngsi::value::{AttrValue, Derived};
     use serde_json::json;
-    use std::sync::Arc;
 
     fn attr(ty: Option<&str>, value: serde_json::Value) -> CellValue {
         CellValue::Attr(AttrValue {
@@ -247,7 +246,7 @@ mod tests {
         CellValue::Attr(AttrValue {
             ngsi_type: Some(ty.into()),
             value: value.into(),
-            derived: Derived::Ewkb(Arc::from(ewkb)),
+            derived: Derived::Ewkb(ewkb.into_boxed_slice()),
         })
     }
 
