@@ -415,3 +415,142 @@ impl crate::pipeline::ports::WindowSink for Sink {
         Sink::write_window(self, w).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::shipped_flow;
+    use crate::flow::transform::OpKind;
+    use crate::ngsi::value::CellValue;
+
+    async fn client(url: &str) -> Client {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        tokio::spawn(conn);
+        client
+    }
+
+    fn item(id: &str, offset: i64) -> WriteItem {
+        WriteItem {
+            op: RowOp {
+                target: Arc::new(TableRef {
+                    schema: "lost".into(),
+                    table: "t".into(),
+                }),
+                kind: OpKind::Write,
+                columns: vec![
+                    ("entityid".into(), CellValue::Text(id.into())),
+                    ("v".into(), CellValue::Text(format!("value {offset}"))),
+                ],
+                entity_index: 0,
+            },
+            service: "lost".into(),
+            origin: RecordOrigin {
+                partition: 0,
+                offset,
+                timestamp_ms: Some(offset),
+            },
+            source: 0,
+        }
+    }
+
+    /// SQLSTATE 26000: when the server forgets the connection's prepared statements (what
+    /// `DISCARD ALL` or a transaction-mode pooler does behind the worker's back), the next
+    /// window costs a second attempt with statements prepared again, not a row: nothing is
+    /// error-logged and every row is written. Without the cache being dropped, the careful
+    /// attempt would run the forgotten statement again and log both rows as failures.
+    #[tokio::test]
+    async fn a_forgotten_prepared_statement_is_prepared_again_and_no_row_is_lost() {
+        let db = "ngsiflow_lib_lost_statement";
+        let admin = client("postgres://postgres@127.0.0.1:5432/postgres").await;
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+            format!("CREATE DATABASE {db}"),
+        ] {
+            admin.batch_execute(&sql).await.unwrap();
+        }
+        let url = format!("postgres://postgres@127.0.0.1:5432/{db}");
+        let check = client(&url).await;
+        check
+            .batch_execute(
+                "CREATE SCHEMA lost; CREATE TABLE lost.t (entityid text PRIMARY KEY, v text)",
+            )
+            .await
+            .unwrap();
+        let endpoint = PgEndpoint::new(&format!("{url}?sslmode=disable"), None).unwrap();
+        let fallback = TableRef {
+            schema: "lost".into(),
+            table: "lost_error_log".into(),
+        };
+        let mut sink = Sink::new(
+            endpoint,
+            Duration::from_secs(30),
+            fallback,
+            Duration::from_secs(5),
+        );
+        let spec = shipped_flow("lastdata");
+        let locked = HashSet::new();
+        let (first, second) = ([item("a", 1), item("b", 2)], [item("c", 3), item("d", 4)]);
+        let window = |items| WindowWrite {
+            spec: &spec,
+            items,
+            error_rows: &[],
+            now: Utc::now(),
+            locked: &locked,
+        };
+
+        let out = sink.write_window(window(&first)).await.unwrap();
+        assert_eq!((out.written, out.failures.len()), (2, 0));
+        let server = sink.client.as_ref().unwrap();
+        server.batch_execute("DEALLOCATE ALL").await.unwrap();
+        // The simple protocol: a query of its own would prepare a statement.
+        let kept = server
+            .simple_query("SELECT count(*) FROM pg_prepared_statements")
+            .await
+            .unwrap();
+        let kept = kept.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        });
+        assert_eq!(
+            kept.as_deref(),
+            Some("0"),
+            "the server still has the statements"
+        );
+
+        let out = sink.write_window(window(&second)).await.unwrap();
+        assert_eq!(
+            (out.written, out.failures.len()),
+            (2, 0),
+            "{:?}",
+            out.failures
+        );
+        let rows: Vec<(String, String)> = check
+            .query("SELECT entityid, v FROM lost.t ORDER BY entityid", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let want: Vec<(String, String)> = [("a", 1), ("b", 2), ("c", 3), ("d", 4)]
+            .iter()
+            .map(|(id, n)| (id.to_string(), format!("value {n}")))
+            .collect();
+        assert_eq!(rows, want);
+        let logs: i64 = check
+            .query_one(
+                "SELECT count(*) FROM pg_tables WHERE tablename LIKE '%error_log'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(logs, 0, "an error log was created: something was logged");
+        drop(check);
+        drop(sink);
+        let _ = admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .await;
+    }
+}
