@@ -76,7 +76,8 @@ fn main() -> ExitCode {
 /// 87-92 MiB). Immediate purging took 2-3 MiB less than 25 ms, which pays for a longer
 /// read-ahead (`--read-ahead`): on 2026-12-03, with 1500 messages read ahead, 58-59 MiB at
 /// 55 700-58 200 notifications/s against 60-64 MiB with 25 ms, for about 1-2 % more worker
-/// CPU (measured with `MIMALLOC_PURGE_DELAY=0`; set here, 58-63 MiB in 5 drains). `MIMALLOC_PURGE_DELAY` (milliseconds), when set, still decides.
+/// CPU (measured with `MIMALLOC_PURGE_DELAY=0`; set here, 58-63 MiB in 5 drains).
+/// `MIMALLOC_PURGE_DELAY` (milliseconds), when set, still decides.
 fn purge_freed_memory_sooner() {
     /// `mi_option_purge_delay` in mimalloc v3's `mi_option_e` (include/mimalloc.h), which the
     /// Rust bindings do not name (they name its neighbours 14 and 16).
