@@ -15,9 +15,10 @@ use prometheus::{
 };
 
 /// Outcomes of a record, the `outcome` label of `ngsiflow_records_total`.
-pub const OUTCOMES: [&str; 5] = [
+pub const OUTCOMES: [&str; 6] = [
     "written",
     "stale_ignored",
+    "superseded",
     "deleted",
     "duplicate_replayed",
     "error_logged",

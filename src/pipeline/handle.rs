@@ -19,8 +19,10 @@ use super::window::FlushWindow;
 pub(crate) enum Outcome {
     /// Inserted or updated (or, in the `errors` flow, written to the error log as intended).
     Written,
-    /// lastdata: older than the stored row, not applied.
+    /// lastdata: older than the stored row or an earlier write of it in the window, not applied.
     StaleIgnored,
+    /// lastdata, mutable: not sent, a later write of the window to the same row decides it.
+    Superseded,
     /// lastdata: `entityDelete` applied.
     Deleted,
     /// historic: identical to a stored row (a replay), not written again.
@@ -35,6 +37,7 @@ impl Outcome {
         match self {
             Self::Written => "written",
             Self::StaleIgnored => "stale_ignored",
+            Self::Superseded => "superseded",
             Self::Deleted => "deleted",
             Self::DuplicateReplayed => "duplicate_replayed",
             Self::ErrorLogged => "error_logged",

@@ -369,6 +369,7 @@ where
             records = window.record_count(),
             written,
             stale_ignored = outcome.stale_ignored,
+            superseded = outcome.superseded,
             deleted = outcome.deleted,
             duplicate_replayed = outcome.duplicate_replayed,
             error_logged,
@@ -378,6 +379,7 @@ where
         let h = &self.handle;
         h.records(Outcome::Written, written);
         h.records(Outcome::StaleIgnored, outcome.stale_ignored);
+        h.records(Outcome::Superseded, outcome.superseded);
         h.records(Outcome::Deleted, outcome.deleted);
         h.records(Outcome::DuplicateReplayed, outcome.duplicate_replayed);
         h.records(Outcome::ErrorLogged, error_logged);

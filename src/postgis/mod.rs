@@ -184,8 +184,13 @@ pub struct ItemFailure {
 pub struct WindowOutcome {
     /// Rows inserted or updated.
     pub written: u64,
-    /// lastdata rows not applied because the stored `timeinstant` is newer.
+    /// lastdata rows not applied because the stored `timeinstant` is newer, or because an
+    /// earlier write of the same row in the window is newer.
     pub stale_ignored: u64,
+    /// Upserts not sent because a later write of the window to the same row with the same
+    /// columns decides it ([`plan::Replaced`]); each would have been overwritten within the
+    /// same transaction, or been stale.
+    pub superseded: u64,
     /// Delete operations applied (whether or not a row existed).
     pub deleted: u64,
     /// historic rows identical to a stored row (a replay), not written again.
@@ -358,7 +363,7 @@ impl Sink {
         let mut ready = Vec::new();
         let mut deferred_tables: HashSet<TableRef> = locked.clone();
         let mut lock_waits = 0;
-        for group in plan::plan(spec, items) {
+        for group in plan::plan(spec, items, !careful) {
             // Each newly locked table costs a `lock_timeout` wait inside this transaction: past
             // a few, the rest of the window waits for the next one rather than risk the
             // window's own timeout (which would learn nothing and retry the same waits).
@@ -455,14 +460,9 @@ mod tests {
         }
     }
 
-    /// SQLSTATE 26000: when the server forgets the connection's prepared statements (what
-    /// `DISCARD ALL` or a transaction-mode pooler does behind the worker's back), the next
-    /// window costs a second attempt with statements prepared again, not a row: nothing is
-    /// error-logged and every row is written. Without the cache being dropped, the careful
-    /// attempt would run the forgotten statement again and log both rows as failures.
-    #[tokio::test]
-    async fn a_forgotten_prepared_statement_is_prepared_again_and_no_row_is_lost() {
-        let db = "ngsiflow_lib_lost_statement";
+    /// A sink on a fresh database `db` whose schema `lost` has the table `t` made by `ddl`;
+    /// also an admin connection (to drop the database) and one to check rows with.
+    async fn fresh_sink(db: &str, ddl: &str) -> (Client, Client, Sink) {
         let admin = client("postgres://postgres@127.0.0.1:5432/postgres").await;
         for sql in [
             format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
@@ -473,9 +473,7 @@ mod tests {
         let url = format!("postgres://postgres@127.0.0.1:5432/{db}");
         let check = client(&url).await;
         check
-            .batch_execute(
-                "CREATE SCHEMA lost; CREATE TABLE lost.t (entityid text PRIMARY KEY, v text)",
-            )
+            .batch_execute(&format!("CREATE SCHEMA lost; {ddl}"))
             .await
             .unwrap();
         let endpoint = PgEndpoint::new(&format!("{url}?sslmode=disable"), None).unwrap();
@@ -483,12 +481,28 @@ mod tests {
             schema: "lost".into(),
             table: "lost_error_log".into(),
         };
-        let mut sink = Sink::new(
+        let sink = Sink::new(
             endpoint,
             Duration::from_secs(30),
             fallback,
             Duration::from_secs(5),
         );
+        (admin, check, sink)
+    }
+
+    /// SQLSTATE 26000: when the server forgets the connection's prepared statements (what
+    /// `DISCARD ALL` or a transaction-mode pooler does behind the worker's back), the next
+    /// window costs a second attempt with statements prepared again, not a row: nothing is
+    /// error-logged and every row is written. Without the cache being dropped, the careful
+    /// attempt would run the forgotten statement again and log both rows as failures.
+    #[tokio::test]
+    async fn a_forgotten_prepared_statement_is_prepared_again_and_no_row_is_lost() {
+        let db = "ngsiflow_lib_lost_statement";
+        let (admin, check, mut sink) = fresh_sink(
+            db,
+            "CREATE TABLE lost.t (entityid text PRIMARY KEY, v text)",
+        )
+        .await;
         let spec = shipped_flow("lastdata");
         let locked = HashSet::new();
         let (first, second) = ([item("a", 1), item("b", 2)], [item("c", 3), item("d", 4)]);
@@ -547,6 +561,95 @@ mod tests {
             .unwrap()
             .get(0);
         assert_eq!(logs, 0, "an error log was created: something was logged");
+        drop(check);
+        drop(sink);
+        let _ = admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .await;
+    }
+
+    /// A lastdata write of entity `id` at `secs` seconds with `v`.
+    fn at(id: &str, secs: i64, v: &str) -> WriteItem {
+        let mut w = item(id, secs);
+        let t = DateTime::from_timestamp(secs, 0).unwrap();
+        w.op.columns[1] = ("v".into(), CellValue::Text(v.into()));
+        w.op.columns
+            .insert(1, ("timeinstant".into(), CellValue::Instant(t)));
+        w
+    }
+
+    /// Several lastdata writes of one entity in a window: one statement sends the write that
+    /// decides the row (the table ends as sequential writes would leave it), the others are
+    /// counted stale or superseded; when that write is rejected, the careful attempt writes
+    /// every write of the window in order, so the one before it still lands.
+    #[tokio::test]
+    async fn a_row_written_several_times_in_a_window_is_written_once() {
+        let db = "ngsiflow_lib_collapse";
+        let (admin, check, mut sink) = fresh_sink(
+            db,
+            "CREATE TABLE lost.t (entityid text PRIMARY KEY, timeinstant timestamptz, \
+             v text CHECK (v <> 'bad'))",
+        )
+        .await;
+        let spec = shipped_flow("lastdata");
+        let locked = HashSet::new();
+        let window = |items| WindowWrite {
+            spec: &spec,
+            items,
+            error_rows: &[],
+            now: Utc::now(),
+            locked: &locked,
+        };
+        let rows = || async {
+            check
+                .query("SELECT entityid, v FROM lost.t ORDER BY entityid", &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| format!("{}={}", r.get::<_, String>(0), r.get::<_, String>(1)))
+                .collect::<Vec<_>>()
+        };
+        let counts = |o: &WindowOutcome| {
+            (
+                o.written,
+                o.stale_ignored,
+                o.superseded,
+                o.failures.len(),
+                o.statements,
+            )
+        };
+
+        // a@1 is older than a@3 before it: stale; a@2 superseded by a@3.
+        let first = [
+            at("a", 2, "a2"),
+            at("b", 1, "b1"),
+            at("a", 3, "a3"),
+            at("a", 1, "a1"),
+        ];
+        let out = sink.write_window(window(&first)).await.unwrap();
+        assert_eq!(counts(&out), (2, 1, 1, 0, 1), "{out:?}");
+        assert_eq!(rows().await, ["a=a3", "b=b1"]);
+
+        // The stored a@3 is newer than both: the sent a@2 is stale, a@1 superseded.
+        let second = [at("a", 1, "x"), at("a", 2, "y")];
+        let out = sink.write_window(window(&second)).await.unwrap();
+        assert_eq!(counts(&out), (0, 1, 1, 0, 1), "{out:?}");
+        assert_eq!(rows().await, ["a=a3", "b=b1"]);
+
+        // b@6 breaks the table's CHECK: b@5 is still written, b@6 error-logged.
+        let third = [at("b", 5, "good"), at("b", 6, "bad")];
+        let out = sink.write_window(window(&third)).await.unwrap();
+        assert_eq!(
+            (out.written, out.superseded, out.failures.len()),
+            (1, 0, 1),
+            "{out:?}"
+        );
+        assert!(
+            out.failures[0].error.contains("check constraint"),
+            "{out:?}"
+        );
+        assert_eq!(rows().await, ["a=a3", "b=good"]);
+
         drop(check);
         drop(sink);
         let _ = admin

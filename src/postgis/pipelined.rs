@@ -45,8 +45,12 @@ impl From<TransientError> for Fast {
 pub(crate) struct ReadyGroup<'a> {
     statement: Statement,
     arrays: Vec<Vec<Option<Bound<'a>>>>,
+    /// Rows sent.
     rows: u64,
     kind: OpKind,
+    /// Replaced writes left out (see [`super::plan::Replaced`]).
+    stale: u64,
+    superseded: u64,
 }
 
 impl Writer<'_> {
@@ -73,8 +77,18 @@ impl Writer<'_> {
             .map(|_| Vec::with_capacity(group.items.len()))
             .collect();
         let mut binder = RowBinder::new(&group.columns, &meta);
+        let mut replaced = group.replaced.iter().peekable();
         for &i in &group.items {
-            for (a, v) in arrays.iter_mut().zip(binder.cells(&items[i].op)) {
+            let cells = binder.cells(&items[i].op);
+            if replaced.next_if(|r| r.item == i).is_some() {
+                // Bound all the same: a value that cannot be written is reported (by the
+                // careful attempt) whether or not a later write replaces it.
+                for v in cells {
+                    v.map_err(|_| Fast::Careful)?;
+                }
+                continue;
+            }
+            for (a, v) in arrays.iter_mut().zip(cells) {
                 a.push(v.map_err(|_| Fast::Careful)?);
             }
         }
@@ -87,11 +101,14 @@ impl Writer<'_> {
             arrays = vec![arrays.swap_remove(id)];
         }
         let statement = self.statement(tx, group, &meta).await?;
+        let stale = group.replaced.iter().filter(|r| r.stale).count() as u64;
         Ok(ReadyGroup {
             statement,
             arrays,
-            rows: group.items.len() as u64,
+            rows: (group.items.len() - group.replaced.len()) as u64,
             kind: group.kind,
+            stale,
+            superseded: group.replaced.len() as u64 - stale,
         })
     }
 
@@ -176,6 +193,8 @@ impl Writer<'_> {
             (_, WriteMode::Insert) if affected < g.rows => return false,
             (_, mode) => count_written(self.out, mode, g.rows, affected),
         }
+        self.out.stale_ignored += g.stale;
+        self.out.superseded += g.superseded;
         true
     }
 

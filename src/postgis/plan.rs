@@ -4,9 +4,14 @@
 //! statement. *Rounds*: an upsert statement cannot touch the same row twice, and the order of
 //! updates of one entity matters, so the n-th operation on a key within a window goes to round
 //! n; rounds run in order, which reproduces sequential semantics exactly.
+//!
+//! *Collapsing* (the optimistic attempt only): when every operation on a row within the window is
+//! a write of the same columns, its last write in sequential order decides what the row holds,
+//! so only that one is sent and the others are [`Replaced`]: one round instead of n.
 
 use std::hash::BuildHasher;
 
+use chrono::{DateTime, Utc};
 use rustc_hash::{FxBuildHasher, FxHashMap};
 
 use super::WriteItem;
@@ -27,8 +32,27 @@ pub struct Group {
     pub kind: OpKind,
     /// Column names, sorted.
     pub columns: Vec<String>,
-    /// Item indices in arrival order.
+    /// Item indices in arrival order, the replaced ones included (they still decide the
+    /// columns a flow creates and are still bound, so that a value that cannot be written is
+    /// reported as it would be without collapsing).
     pub items: Vec<usize>,
+    /// Items of `items` the statement leaves out, ascending (empty unless planned with
+    /// `collapse`).
+    pub replaced: Vec<Replaced>,
+}
+
+/// A write left out of its statement because a later write of the window, to the same row with
+/// the same columns, decides the row: applied in order, the later one would overwrite it, or
+/// it would not apply at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replaced {
+    /// Index of the item.
+    pub item: usize,
+    /// Under `upsert_if_newer`: older than an earlier write of its row in the window, hence not
+    /// applied whatever the table holds (stale). Otherwise it would have been written and then
+    /// overwritten within the same transaction, or been stale: which one depends on the stored
+    /// row, which is never read (superseded).
+    pub stale: bool,
 }
 
 /// Groups a window (pure): by round, then table, kind and column set, in first-arrival order.
@@ -37,35 +61,26 @@ pub struct Group {
 /// (names chosen to collide) may a record start a second group of the same set: a statement
 /// more, with the same effect (an upsert round never holds a key twice, and an insert's
 /// conflict goes to the careful attempt whichever statement meets it).
-pub fn plan(spec: &FlowSpec, items: &[WriteItem]) -> Vec<Group> {
-    // Keys borrow from the items: this runs for every record, so nothing is cloned or sorted
-    // per record (a sorted column list and a SipHash of it per record were 5 % of the worker
-    // in a drain's profile).
-    let mut occurrences: FxHashMap<(&TableRef, String), usize> = FxHashMap::default();
+///
+/// With `collapse`, rows whose operations in the window are all writes of the same columns get
+/// one round and one sent write (see [`Replaced`]). Only the optimistic attempt collapses: it
+/// commits only when every statement succeeds, so a replaced write is never needed; when a
+/// sent write fails, the careful attempt plans again without collapsing and writes each one.
+pub fn plan(spec: &FlowSpec, items: &[WriteItem], collapse: bool) -> Vec<Group> {
+    let places = place(spec, items, collapse);
     // Groups by round, table, kind and a hash of the column set; the hash only narrows the
     // search, equal sets are then checked.
     let mut candidates: FxHashMap<(usize, &TableRef, OpKind, u64), Vec<usize>> =
         FxHashMap::default();
     let mut groups: Vec<Group> = Vec::new();
-    // A delete removes every row of the entity, so when a flow deletes, all its operations are
-    // ordered per entity, whatever the other key columns.
-    let keys: &[String] = if spec.entity_delete == EntityDeleteMode::Delete {
-        &[]
-    } else {
-        &spec.key_columns
-    };
-    for (i, item) in items.iter().enumerate() {
+    for ((i, item), place) in items.iter().enumerate().zip(places) {
         let op = &item.op;
-        let round = if op.kind == OpKind::Write && spec.write_mode == WriteMode::Insert {
-            0
-        } else {
-            let n = occurrences
-                .entry((&op.target, key_text(op, keys)))
-                .or_insert(0);
-            *n += 1;
-            *n - 1
-        };
-        let key = (round, &*op.target, op.kind, column_set_hash(&op.columns));
+        let key = (
+            place.round,
+            &*op.target,
+            op.kind,
+            column_set_hash(&op.columns),
+        );
         let same_table = candidates.entry(key).or_default();
         let mut sorted = None;
         // The newest few groups of the bucket: equal hashes of different sets are rare, and
@@ -81,42 +96,166 @@ pub fn plan(spec: &FlowSpec, items: &[WriteItem]) -> Vec<Group> {
                 let first = &items[group.items[0]].op.columns;
                 same_columns(first, &group.columns, &op.columns, &mut sorted)
             });
-        match found {
-            Some(g) => groups[g].items.push(i),
+        let g = match found {
+            Some(g) => g,
             None => {
                 let mut columns: Vec<String> =
                     op.columns.iter().map(|(c, _)| c.to_string()).collect();
                 columns.sort_unstable();
                 same_table.push(groups.len());
                 groups.push(Group {
-                    round,
+                    round: place.round,
                     target: TableRef::clone(&op.target),
                     kind: op.kind,
                     columns,
-                    items: vec![i],
+                    items: Vec::new(),
+                    replaced: Vec::new(),
                 });
+                groups.len() - 1
             }
+        };
+        groups[g].items.push(i);
+        if let Some(stale) = place.replaced {
+            groups[g].replaced.push(Replaced { item: i, stale });
         }
     }
     groups.sort_by_key(|g| g.round); // stable: keeps first-arrival order within a round
     groups
 }
 
-/// The text of a record's key columns (`entityid` first), which counts its occurrences.
-fn key_text(op: &RowOp, keys: &[String]) -> String {
-    let mut key = op
-        .get("entityid")
-        .and_then(CellValue::display_text)
-        .unwrap_or_default();
+/// Where an item goes: its round, and whether it is replaced (and then whether it is stale).
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    round: usize,
+    replaced: Option<bool>,
+}
+
+/// The operations of one row within a window, as far as they have been read.
+struct RowOps {
+    /// The first operation (its columns are the ones every later write must repeat).
+    first: usize,
+    /// The write that decides the row so far.
+    last: usize,
+    /// Its `timeinstant`, under `upsert_if_newer`.
+    newest: Option<DateTime<Utc>>,
+    /// Every operation so far is a write of `first`'s columns, and the key is complete.
+    collapsible: bool,
+}
+
+/// Rounds and replaced writes of a window (pure). Keys borrow from the items: this runs for
+/// every record, so nothing is cloned or sorted per record (a sorted column list and a SipHash
+/// of it per record were 5 % of the worker in a drain's profile).
+fn place(spec: &FlowSpec, items: &[WriteItem], collapse: bool) -> Vec<Place> {
+    // A delete removes every row of the entity, so when a flow deletes, all its operations are
+    // ordered per entity, whatever the other key columns.
+    let keys: &[String] = if spec.entity_delete == EntityDeleteMode::Delete {
+        &[]
+    } else {
+        &spec.key_columns
+    };
+    // Equal key texts name one row only when they cover the conflict target.
+    let collapse = collapse
+        && spec
+            .key_columns
+            .iter()
+            .all(|k| k == "entityid" || keys.contains(k));
+    let if_newer = spec.write_mode == WriteMode::UpsertIfNewer;
+    let mut index: FxHashMap<(&TableRef, String), usize> = FxHashMap::default();
+    let mut rows: Vec<RowOps> = Vec::new();
+    // Per item: its row in `rows` (inserts have none), its occurrence on that row, and whether
+    // it is older than an earlier write of the row.
+    let mut seen: Vec<(Option<usize>, usize, bool)> = Vec::with_capacity(items.len());
+    let mut occurrences: Vec<usize> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let op = &item.op;
+        if op.kind == OpKind::Write && spec.write_mode == WriteMode::Insert {
+            seen.push((None, 0, false));
+            continue;
+        }
+        let (key, complete) = key_text(op, keys);
+        let newest = if if_newer { instant(op) } else { None };
+        let r = *index.entry((&op.target, key)).or_insert_with(|| {
+            rows.push(RowOps {
+                first: i,
+                last: i,
+                newest,
+                collapsible: collapse && complete && op.kind == OpKind::Write,
+            });
+            occurrences.push(0);
+            rows.len() - 1
+        });
+        let n = occurrences[r];
+        occurrences[r] += 1;
+        let row = &mut rows[r];
+        let mut older = false;
+        if n > 0 {
+            row.collapsible &=
+                op.kind == OpKind::Write && same_order(&items[row.first].op.columns, &op.columns);
+            // `upsert_if_newer` applies a write when its `timeinstant` is >= the stored one,
+            // so of equal instants the later write wins; a write older than one before it is
+            // not applied whatever the table holds. Collapsible writes all have the column or
+            // all lack it (transform never stores a NULL `timeinstant`).
+            match (newest, row.newest) {
+                (Some(t), Some(n)) if t < n => older = true,
+                _ => {
+                    row.last = i;
+                    row.newest = newest;
+                }
+            }
+        }
+        seen.push((Some(r), n, older));
+    }
+    seen.into_iter()
+        .enumerate()
+        .map(|(i, (row, n, older))| match row.map(|r| &rows[r]) {
+            None => Place {
+                round: 0,
+                replaced: None,
+            },
+            Some(row) if row.collapsible => Place {
+                round: 0,
+                replaced: (row.last != i).then_some(older),
+            },
+            Some(_) => Place {
+                round: n,
+                replaced: None,
+            },
+        })
+        .collect()
+}
+
+/// A write's `timeinstant`, when it has one.
+fn instant(op: &RowOp) -> Option<DateTime<Utc>> {
+    match op.get("timeinstant") {
+        Some(CellValue::Instant(t)) => Some(*t),
+        _ => None,
+    }
+}
+
+/// True when two records have the same column names in the same order (records of one table
+/// usually do; another order only costs the row its collapsing).
+fn same_order(a: &[(Name, CellValue)], b: &[(Name, CellValue)]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((x, _), (y, _))| Name::ptr_eq(x, y) || x == y)
+}
+
+/// The text of a record's key columns (`entityid` first), which counts its occurrences, and
+/// whether every key column has a value (only then do equal texts name one row for sure).
+fn key_text(op: &RowOp, keys: &[String]) -> (String, bool) {
+    let mut complete = true;
+    let mut text = |column: &str| {
+        let value = op.get(column).and_then(CellValue::display_text);
+        complete &= value.is_some();
+        value.unwrap_or_default()
+    };
+    let mut key = text("entityid");
     for k in keys.iter().filter(|k| *k != "entityid") {
         key.push('\u{0}');
-        key.push_str(
-            &op.get(k)
-                .and_then(CellValue::display_text)
-                .unwrap_or_default(),
-        );
+        key.push_str(&text(k));
     }
-    key
+    (key, complete)
 }
 
 /// A hash of a record's set of column names, whatever their order (names are unique per
@@ -144,10 +283,7 @@ fn same_columns<'b>(
     if a.len() != b.len() {
         return false;
     }
-    if a.iter()
-        .zip(b)
-        .all(|((x, _), (y, _))| Name::ptr_eq(x, y) || x == y)
-    {
+    if same_order(a, b) {
         return true;
     }
     let names = b_sorted.get_or_insert_with(|| {
@@ -162,7 +298,6 @@ fn same_columns<'b>(
 mod tests {
     use super::*;
     use crate::flow::shipped_flow;
-    use crate::ngsi::value::CellValue;
     use crate::route::TableRef;
 
     fn item(table: &str, id: &str, ti: Option<&str>, extra: &[&str], kind: OpKind) -> WriteItem {
@@ -199,7 +334,7 @@ mod tests {
             item("t", "A", None, &[], OpKind::Delete),
             item("u", "A", Some("1"), &["x"], OpKind::Write),
         ];
-        let groups = plan(&shipped_flow("lastdata"), &items);
+        let groups = plan(&shipped_flow("lastdata"), &items, false);
         let summary: Vec<(usize, &str, Vec<usize>)> = groups
             .iter()
             .map(|g| (g.round, g.target.table.as_str(), g.items.clone()))
@@ -214,15 +349,109 @@ mod tests {
             ]
         );
         // mutable keys on (entityid, timeinstant): A@1 and A@2 share a round
-        let groups = plan(&shipped_flow("mutable"), &items[..3]);
+        let groups = plan(&shipped_flow("mutable"), &items[..3], false);
         assert_eq!(groups.len(), 1);
         // historic never needs rounds
         let groups = plan(
             &shipped_flow("historic"),
             &[items[0].clone(), items[0].clone()],
+            true,
         );
         assert_eq!(groups.len(), 1);
         assert_eq!(groups[0].items, vec![0, 1]);
+    }
+
+    /// A write with its `timeinstant` at `secs` seconds and the columns `x` and `extra`.
+    fn at(id: &str, secs: i64, extra: &[&str]) -> WriteItem {
+        let mut w = item("t", id, None, &["x"], OpKind::Write);
+        let t = DateTime::from_timestamp(secs, 0).unwrap();
+        w.op.columns
+            .insert(1, ("timeinstant".into(), CellValue::Instant(t)));
+        for e in extra {
+            w.op.columns.push(((*e).into(), CellValue::Null));
+        }
+        w
+    }
+
+    /// A group as (round, items, replaced as (item, stale)).
+    type Shape = (usize, Vec<usize>, Vec<(usize, bool)>);
+
+    fn shape(groups: &[Group]) -> Vec<Shape> {
+        groups
+            .iter()
+            .map(|g| {
+                let replaced = g.replaced.iter().map(|r| (r.item, r.stale)).collect();
+                (g.round, g.items.clone(), replaced)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_row_written_several_times_sends_the_write_that_decides_it() {
+        let items = [
+            at("A", 2, &[]),
+            at("B", 1, &[]),
+            at("A", 3, &[]),
+            at("A", 1, &[]),
+            at("A", 3, &[]),
+        ];
+        let lastdata = shipped_flow("lastdata");
+        // A@3 (4) decides A: of equal instants the later applies; A@1 is older than A@3, so
+        // stale whatever the table holds; A@2 and the first A@3 are superseded.
+        assert_eq!(
+            shape(&plan(&lastdata, &items, true)),
+            vec![(
+                0,
+                vec![0, 1, 2, 3, 4],
+                vec![(0, false), (2, false), (3, true)]
+            )]
+        );
+        // Without collapsing, one round per write of A.
+        assert_eq!(
+            shape(&plan(&lastdata, &items, false)),
+            vec![
+                (0, vec![0, 1], vec![]),
+                (1, vec![2], vec![]),
+                (2, vec![3], vec![]),
+                (3, vec![4], vec![])
+            ]
+        );
+        // A plain upsert: the last write decides, none is stale.
+        let mutable = shipped_flow("mutable");
+        let same_row = [at("A", 1, &[]), at("A", 1, &[])];
+        assert_eq!(
+            shape(&plan(&mutable, &same_row, true)),
+            vec![(0, vec![0, 1], vec![(0, false)])]
+        );
+    }
+
+    #[test]
+    fn rows_with_a_delete_or_other_columns_keep_their_rounds() {
+        let items = [
+            at("A", 1, &[]),
+            at("A", 2, &["y"]),
+            at("B", 1, &[]),
+            item("t", "B", None, &[], OpKind::Delete),
+            at("C", 1, &[]),
+            at("C", 2, &[]),
+        ];
+        assert_eq!(
+            shape(&plan(&shipped_flow("lastdata"), &items, true)),
+            vec![
+                (0, vec![0, 2, 4, 5], vec![(4, false)]),
+                (1, vec![1], vec![]),
+                (1, vec![3], vec![])
+            ]
+        );
+        // Rows keyed on more than the entity, ordered per entity because the flow deletes
+        // entities: equal entity ids are not one row, so nothing collapses.
+        let mut spec = shipped_flow("mutable");
+        spec.entity_delete = EntityDeleteMode::Delete;
+        let two_rows = [at("A", 1, &[]), at("A", 2, &[])];
+        assert_eq!(
+            shape(&plan(&spec, &two_rows, true)),
+            vec![(0, vec![0], vec![]), (1, vec![1], vec![])]
+        );
     }
 
     #[test]
@@ -230,7 +459,7 @@ mod tests {
         let mut a = item("t", "A", Some("1"), &["x", "y"], OpKind::Write);
         let b = item("t", "B", Some("1"), &["y", "x"], OpKind::Write);
         a.op.columns.swap(2, 3);
-        assert_eq!(plan(&shipped_flow("historic"), &[a, b]).len(), 1);
+        assert_eq!(plan(&shipped_flow("historic"), &[a, b], false).len(), 1);
     }
 
     #[test]
@@ -247,7 +476,7 @@ mod tests {
             .iter()
             .map(|extra| item("t", "A", Some("1"), extra, OpKind::Write))
             .collect();
-        let groups = plan(&shipped_flow("historic"), &items);
+        let groups = plan(&shipped_flow("historic"), &items, false);
         let summary: Vec<(Vec<String>, Vec<usize>)> =
             groups.into_iter().map(|g| (g.columns, g.items)).collect();
         let cols = |extra: &[&str]| {
