@@ -82,8 +82,8 @@ for _ in $(seq 1 30); do
 done
 
 # Starts a worker writing to database $1 (consumer groups named after $2) and times its drain
-# of the backlog, from the first handled message to the last; sets rate, written, stale, superseded,
-# errors, worker_us, pg_us, broker_us, peak_rss. The worker keeps running.
+# of the backlog, from the first handled message to the last; sets rate, written, stale,
+# superseded, errors, worker_us, pg_us, broker_us, peak_rss. The worker keeps running.
 drain() {
   local pg0 broker0 t0="" c0=0 c now t1 worker_cpu pg1 broker1 secs
   pg0=$(pg_cpu); broker0=$(cpu_of "$BROKER_PID")

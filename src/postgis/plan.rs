@@ -140,6 +140,16 @@ struct RowOps {
     newest: Option<DateTime<Utc>>,
     /// Every operation so far is a write of `first`'s columns, and the key is complete.
     collapsible: bool,
+    /// Operations so far.
+    count: usize,
+}
+
+/// An operation on a row: which row (an index into the window's [`RowOps`]), its occurrence
+/// on it, and whether it is older than an earlier write of the row.
+struct Seen {
+    row: usize,
+    occurrence: usize,
+    older: bool,
 }
 
 /// Rounds and replaced writes of a window (pure). Keys borrow from the items: this runs for
@@ -162,14 +172,12 @@ fn place(spec: &FlowSpec, items: &[WriteItem], collapse: bool) -> Vec<Place> {
     let if_newer = spec.write_mode == WriteMode::UpsertIfNewer;
     let mut index: FxHashMap<(&TableRef, String), usize> = FxHashMap::default();
     let mut rows: Vec<RowOps> = Vec::new();
-    // Per item: its row in `rows` (inserts have none), its occurrence on that row, and whether
-    // it is older than an earlier write of the row.
-    let mut seen: Vec<(Option<usize>, usize, bool)> = Vec::with_capacity(items.len());
-    let mut occurrences: Vec<usize> = Vec::new();
+    // Per item (inserts have no row).
+    let mut seen: Vec<Option<Seen>> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let op = &item.op;
         if op.kind == OpKind::Write && spec.write_mode == WriteMode::Insert {
-            seen.push((None, 0, false));
+            seen.push(None);
             continue;
         }
         let (key, complete) = key_text(op, keys);
@@ -180,15 +188,15 @@ fn place(spec: &FlowSpec, items: &[WriteItem], collapse: bool) -> Vec<Place> {
                 last: i,
                 newest,
                 collapsible: collapse && complete && op.kind == OpKind::Write,
+                count: 0,
             });
-            occurrences.push(0);
             rows.len() - 1
         });
-        let n = occurrences[r];
-        occurrences[r] += 1;
         let row = &mut rows[r];
+        let occurrence = row.count;
+        row.count += 1;
         let mut older = false;
-        if n > 0 {
+        if occurrence > 0 {
             row.collapsible &=
                 op.kind == OpKind::Write && same_order(&items[row.first].op.columns, &op.columns);
             // `upsert_if_newer` applies a write when its `timeinstant` is >= the stored one,
@@ -196,28 +204,32 @@ fn place(spec: &FlowSpec, items: &[WriteItem], collapse: bool) -> Vec<Place> {
             // not applied whatever the table holds. Collapsible writes all have the column or
             // all lack it (transform never stores a NULL `timeinstant`).
             match (newest, row.newest) {
-                (Some(t), Some(n)) if t < n => older = true,
+                (Some(t), Some(before)) if t < before => older = true,
                 _ => {
                     row.last = i;
                     row.newest = newest;
                 }
             }
         }
-        seen.push((Some(r), n, older));
+        seen.push(Some(Seen {
+            row: r,
+            occurrence,
+            older,
+        }));
     }
     seen.into_iter()
         .enumerate()
-        .map(|(i, (row, n, older))| match row.map(|r| &rows[r]) {
+        .map(|(i, seen)| match seen {
             None => Place {
                 round: 0,
                 replaced: None,
             },
-            Some(row) if row.collapsible => Place {
+            Some(s) if rows[s.row].collapsible => Place {
                 round: 0,
-                replaced: (row.last != i).then_some(older),
+                replaced: (rows[s.row].last != i).then_some(s.older),
             },
-            Some(_) => Place {
-                round: n,
+            Some(s) => Place {
+                round: s.occurrence,
                 replaced: None,
             },
         })
