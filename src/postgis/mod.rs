@@ -490,6 +490,21 @@ mod tests {
         (admin, check, sink)
     }
 
+    /// A window of `items` with no error rows found before the database.
+    fn window<'a>(
+        spec: &'a FlowSpec,
+        items: &'a [WriteItem],
+        locked: &'a HashSet<TableRef>,
+    ) -> WindowWrite<'a> {
+        WindowWrite {
+            spec,
+            items,
+            error_rows: &[],
+            now: Utc::now(),
+            locked,
+        }
+    }
+
     /// SQLSTATE 26000: when the server forgets the connection's prepared statements (what
     /// `DISCARD ALL` or a transaction-mode pooler does behind the worker's back), the next
     /// window costs a second attempt with statements prepared again, not a row: nothing is
@@ -506,15 +521,11 @@ mod tests {
         let spec = shipped_flow("lastdata");
         let locked = HashSet::new();
         let (first, second) = ([item("a", 1), item("b", 2)], [item("c", 3), item("d", 4)]);
-        let window = |items| WindowWrite {
-            spec: &spec,
-            items,
-            error_rows: &[],
-            now: Utc::now(),
-            locked: &locked,
-        };
 
-        let out = sink.write_window(window(&first)).await.unwrap();
+        let out = sink
+            .write_window(window(&spec, &first, &locked))
+            .await
+            .unwrap();
         assert_eq!((out.written, out.failures.len()), (2, 0));
         let server = sink.client.as_ref().unwrap();
         server.batch_execute("DEALLOCATE ALL").await.unwrap();
@@ -533,7 +544,10 @@ mod tests {
             "the server still has the statements"
         );
 
-        let out = sink.write_window(window(&second)).await.unwrap();
+        let out = sink
+            .write_window(window(&spec, &second, &locked))
+            .await
+            .unwrap();
         assert_eq!(
             (out.written, out.failures.len()),
             (2, 0),
@@ -581,25 +595,19 @@ mod tests {
     /// Several lastdata writes of one entity in a window: one statement sends the write that
     /// decides the row (the table ends as sequential writes would leave it), the others are
     /// counted stale or superseded; when that write is rejected, the careful attempt writes
-    /// every write of the window in order, so the one before it still lands.
+    /// every write of the window in order, so the one before it still lands; a replaced write
+    /// whose value cannot be stored is still reported.
     #[tokio::test]
     async fn a_row_written_several_times_in_a_window_is_written_once() {
         let db = "ngsiflow_lib_collapse";
         let (admin, check, mut sink) = fresh_sink(
             db,
             "CREATE TABLE lost.t (entityid text PRIMARY KEY, timeinstant timestamptz, \
-             v text CHECK (v <> 'bad'))",
+             v text CHECK (v <> 'bad'), n integer)",
         )
         .await;
         let spec = shipped_flow("lastdata");
         let locked = HashSet::new();
-        let window = |items| WindowWrite {
-            spec: &spec,
-            items,
-            error_rows: &[],
-            now: Utc::now(),
-            locked: &locked,
-        };
         let rows = || async {
             check
                 .query("SELECT entityid, v FROM lost.t ORDER BY entityid", &[])
@@ -626,19 +634,28 @@ mod tests {
             at("a", 3, "a3"),
             at("a", 1, "a1"),
         ];
-        let out = sink.write_window(window(&first)).await.unwrap();
+        let out = sink
+            .write_window(window(&spec, &first, &locked))
+            .await
+            .unwrap();
         assert_eq!(counts(&out), (2, 1, 1, 0, 1), "{out:?}");
         assert_eq!(rows().await, ["a=a3", "b=b1"]);
 
         // The stored a@3 is newer than both: the sent a@2 is stale, a@1 superseded.
         let second = [at("a", 1, "x"), at("a", 2, "y")];
-        let out = sink.write_window(window(&second)).await.unwrap();
+        let out = sink
+            .write_window(window(&spec, &second, &locked))
+            .await
+            .unwrap();
         assert_eq!(counts(&out), (0, 1, 1, 0, 1), "{out:?}");
         assert_eq!(rows().await, ["a=a3", "b=b1"]);
 
         // b@6 breaks the table's CHECK: b@5 is still written, b@6 error-logged.
         let third = [at("b", 5, "good"), at("b", 6, "bad")];
-        let out = sink.write_window(window(&third)).await.unwrap();
+        let out = sink
+            .write_window(window(&spec, &third, &locked))
+            .await
+            .unwrap();
         assert_eq!(
             (out.written, out.superseded, out.failures.len()),
             (1, 0, 1),
@@ -649,6 +666,28 @@ mod tests {
             "{out:?}"
         );
         assert_eq!(rows().await, ["a=a3", "b=good"]);
+
+        // c@1's n cannot be an integer: replaced by c@2 or not, it is reported, and c@2 lands.
+        let with_n = |secs, v: &str, n: CellValue| {
+            let mut w = at("c", secs, v);
+            w.op.columns.push(("n".into(), n));
+            w
+        };
+        let fourth = [
+            with_n(1, "c1", CellValue::Text("one".into())),
+            with_n(2, "c2", CellValue::Null),
+        ];
+        let out = sink
+            .write_window(window(&spec, &fourth, &locked))
+            .await
+            .unwrap();
+        assert_eq!(
+            (out.written, out.superseded, out.failures.len()),
+            (1, 0, 1),
+            "{out:?}"
+        );
+        assert_eq!(out.failures[0].item, 0, "{out:?}");
+        assert_eq!(rows().await, ["a=a3", "b=good", "c=c2"]);
 
         drop(check);
         drop(sink);
