@@ -70,14 +70,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// Has mimalloc return freed memory to the system as soon as it is freed instead of after 1 s
+/// Has mimalloc return freed memory to the system 20 ms after it is freed instead of after 1 s
 /// (its v3 default): a flow frees a whole window at each commit, and a second of them stayed
 /// in the RSS (paired benchmark drains: 70-74 MiB of peak RSS with a 25 ms delay against
-/// 87-92 MiB). Immediate purging took 2-3 MiB less than 25 ms, which pays for a longer
-/// read-ahead (`--read-ahead`): on 2026-12-03, with 1500 messages read ahead, 58-59 MiB at
-/// 55 700-58 200 notifications/s against 60-64 MiB with 25 ms, for about 1-2 % more worker
-/// CPU (measured with `MIMALLOC_PURGE_DELAY=0`; set here, 58-63 MiB in 5 drains).
-/// `MIMALLOC_PURGE_DELAY` (milliseconds), when set, still decides.
+/// 87-92 MiB). Purging at once kept 1-3 MiB less, but pages freed were faulted in again for
+/// the next window (page faults were 7 % of the worker's samples in a drain). On 2026-12-03,
+/// drains alternating 0 and 20 ms (10 pairs, one backlog): worker CPU lower with 20 ms in 8
+/// pairs, 15.1-17.1 against 14.0-16.6 µs per notification; page faults 158 000-160 000 against
+/// 121 000-123 000 per drain (2 pairs counted); peak RSS 57-60 against 59-61 MiB. 100 ms (3
+/// drains): 14.7-15.1 µs at 61-62 MiB, too close to the 64 MiB the benchmark's drain is held
+/// to. `MIMALLOC_PURGE_DELAY` (milliseconds), when set, still decides.
 fn purge_freed_memory_sooner() {
     /// `mi_option_purge_delay` in mimalloc v3's `mi_option_e` (include/mimalloc.h), which the
     /// Rust bindings do not name (they name its neighbours 14 and 16).
@@ -85,7 +87,7 @@ fn purge_freed_memory_sooner() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets one integer option of the allocator; mimalloc reads it when it next
         // schedules a purge and allows setting options at any time.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 20) };
     }
 }
 
