@@ -490,19 +490,18 @@ mod tests {
         (admin, check, sink)
     }
 
-    /// A window of `items` with no error rows found before the database.
-    fn window<'a>(
-        spec: &'a FlowSpec,
-        items: &'a [WriteItem],
-        locked: &'a HashSet<TableRef>,
-    ) -> WindowWrite<'a> {
-        WindowWrite {
+    /// Writes a window of `items` (no error rows found before the database, no table known to
+    /// be locked); panics on a transient error.
+    async fn write(sink: &mut Sink, spec: &FlowSpec, items: &[WriteItem]) -> WindowOutcome {
+        let locked = HashSet::new();
+        let window = WindowWrite {
             spec,
             items,
             error_rows: &[],
             now: Utc::now(),
-            locked,
-        }
+            locked: &locked,
+        };
+        sink.write_window(window).await.unwrap()
     }
 
     /// SQLSTATE 26000: when the server forgets the connection's prepared statements (what
@@ -519,13 +518,9 @@ mod tests {
         )
         .await;
         let spec = shipped_flow("lastdata");
-        let locked = HashSet::new();
         let (first, second) = ([item("a", 1), item("b", 2)], [item("c", 3), item("d", 4)]);
 
-        let out = sink
-            .write_window(window(&spec, &first, &locked))
-            .await
-            .unwrap();
+        let out = write(&mut sink, &spec, &first).await;
         assert_eq!((out.written, out.failures.len()), (2, 0));
         let server = sink.client.as_ref().unwrap();
         server.batch_execute("DEALLOCATE ALL").await.unwrap();
@@ -544,10 +539,7 @@ mod tests {
             "the server still has the statements"
         );
 
-        let out = sink
-            .write_window(window(&spec, &second, &locked))
-            .await
-            .unwrap();
+        let out = write(&mut sink, &spec, &second).await;
         assert_eq!(
             (out.written, out.failures.len()),
             (2, 0),
@@ -607,7 +599,6 @@ mod tests {
         )
         .await;
         let spec = shipped_flow("lastdata");
-        let locked = HashSet::new();
         let rows = || async {
             check
                 .query("SELECT entityid, v FROM lost.t ORDER BY entityid", &[])
@@ -634,28 +625,19 @@ mod tests {
             at("a", 3, "a3"),
             at("a", 1, "a1"),
         ];
-        let out = sink
-            .write_window(window(&spec, &first, &locked))
-            .await
-            .unwrap();
+        let out = write(&mut sink, &spec, &first).await;
         assert_eq!(counts(&out), (2, 1, 1, 0, 1), "{out:?}");
         assert_eq!(rows().await, ["a=a3", "b=b1"]);
 
         // The stored a@3 is newer than both: the sent a@2 is stale, a@1 superseded.
         let second = [at("a", 1, "x"), at("a", 2, "y")];
-        let out = sink
-            .write_window(window(&spec, &second, &locked))
-            .await
-            .unwrap();
+        let out = write(&mut sink, &spec, &second).await;
         assert_eq!(counts(&out), (0, 1, 1, 0, 1), "{out:?}");
         assert_eq!(rows().await, ["a=a3", "b=b1"]);
 
         // b@6 breaks the table's CHECK: b@5 is still written, b@6 error-logged.
         let third = [at("b", 5, "good"), at("b", 6, "bad")];
-        let out = sink
-            .write_window(window(&spec, &third, &locked))
-            .await
-            .unwrap();
+        let out = write(&mut sink, &spec, &third).await;
         assert_eq!(
             (out.written, out.superseded, out.failures.len()),
             (1, 0, 1),
@@ -677,10 +659,7 @@ mod tests {
             with_n(1, "c1", CellValue::Text("one".into())),
             with_n(2, "c2", CellValue::Null),
         ];
-        let out = sink
-            .write_window(window(&spec, &fourth, &locked))
-            .await
-            .unwrap();
+        let out = write(&mut sink, &spec, &fourth).await;
         assert_eq!(
             (out.written, out.superseded, out.failures.len()),
             (1, 0, 1),
