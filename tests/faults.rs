@@ -187,6 +187,14 @@ async fn tally(db: &TestDb, n: usize) -> Tally {
     t
 }
 
+/// The `WARN` and `ERROR` lines of a worker's log.
+fn warnings(log: &str) -> String {
+    log.lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 fn scale() -> (usize, usize) {
     if std::env::var("NGSIFLOW_FAULTS_FULL").is_ok_and(|v| v == "1") {
         (100_000, 20)
@@ -223,6 +231,7 @@ async fn repeated_sigkills_lose_and_duplicate_nothing_and_log_each_bad_record_on
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut recoveries = Vec::new();
     let mut peak = 0f64;
+    let mut earlier = String::new();
     let total = 3 * n;
     for _ in 0..kills {
         let mut w = Worker::start(&broker.addr, &db.url, "crash", &[]);
@@ -244,6 +253,8 @@ async fn repeated_sigkills_lose_and_duplicate_nothing_and_log_each_bad_record_on
         peak = peak.max(w.peak_rss_mib());
         w.kill();
         recoveries.extend(first);
+        // A row missing at the end may have been given up by any of the killed workers.
+        earlier.push_str(&warnings(&w.logs()));
     }
     producer.await.unwrap();
     let w = Worker::start(&broker.addr, &db.url, "crash", &[]);
@@ -275,13 +286,13 @@ async fn repeated_sigkills_lose_and_duplicate_nothing_and_log_each_bad_record_on
     assert_eq!(
         (t.lost, t.duplicated, t.stale, t.error_duplicates),
         (0, 0, 0, 0),
-        "{t:?}\n{}",
+        "{t:?}\nwarnings and errors of the killed workers:\n{earlier}\nthe last worker:\n{}",
         w.logs()
     );
     assert_eq!(
         t.error_rows,
         3 * (n as i64 - good),
-        "one error-log row per bad record and flow"
+        "one error-log row per bad record and flow; warnings and errors of the killed workers:\n{earlier}"
     );
 }
 

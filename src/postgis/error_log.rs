@@ -114,8 +114,10 @@ impl ErrorLogs {
         Ok(done)
     }
 
-    /// Rows grouped by the table they go to, tables in order of first appearance. Tenant
-    /// tables not yet ensured are kept only if their schema exists (one query per window).
+    /// Rows grouped by the table they go to, tables in name order: windows of every flow and
+    /// worker create error logs in the same order, so they can wait on each other's creation
+    /// but never deadlock. Tenant tables not yet ensured are kept only if their schema exists
+    /// (one query per window).
     async fn route<'a>(
         &self,
         tx: &mut Transaction<'_>,
@@ -149,6 +151,7 @@ impl ErrorLogs {
                 }),
             }
         }
+        out.sort_unstable_by(|a, b| a.table.cmp(&b.table));
         Ok(out)
     }
 }
@@ -295,11 +298,15 @@ async fn ensure(
                 .await
                 .map_err(transient)?;
             let (exists, column, key): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
-            Ok(match (exists, column && key) {
-                (true, true) => Ok(Shape::Keyed),
-                (true, false) => Ok(Shape::Unkeyed { source: column }),
-                (false, _) => Err(describe(&e)),
-            })
+            match (exists, column && key) {
+                (true, true) => Ok(Ok(Shape::Keyed)),
+                (true, false) => Ok(Ok(Shape::Unkeyed { source: column })),
+                // Another transaction is creating it and has not committed within
+                // `lock_timeout`: the window is retried, once it has, rather than its rows
+                // being given up.
+                (false, _) if is_lock_timeout(&e) => Err(transient(e)),
+                (false, _) => Ok(Err(describe(&e))),
+            }
         }
         Err(e) => {
             sp.rollback().await.map_err(transient)?;

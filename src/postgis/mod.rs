@@ -485,7 +485,8 @@ mod tests {
             endpoint,
             Duration::from_secs(30),
             fallback,
-            Duration::from_secs(5),
+            // Short, for the test that waits on a lock.
+            Duration::from_millis(500),
         );
         (admin, check, sink)
     }
@@ -567,6 +568,63 @@ mod tests {
             .unwrap()
             .get(0);
         assert_eq!(logs, 0, "an error log was created: something was logged");
+        drop(check);
+        drop(sink);
+        let _ = admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .await;
+    }
+
+    /// Two flows' windows logging a tenant's first errors at once: while another transaction
+    /// creates the error log and has not committed within `lock_timeout`, the window fails as
+    /// transient (to be retried) instead of committing without its error-log row; retried, it
+    /// writes the row into the table the other transaction created.
+    #[tokio::test]
+    async fn an_error_log_being_created_elsewhere_retries_the_window_and_loses_no_row() {
+        let db = "ngsiflow_lib_error_log_race";
+        let (admin, mut check, mut sink) = fresh_sink(db, "").await;
+        let table = TableRef {
+            schema: "lost".into(),
+            table: "lost_error_log".into(),
+        };
+        let creating = check.transaction().await.unwrap();
+        creating
+            .batch_execute(&sql::create_error_log(&table, false))
+            .await
+            .unwrap();
+        let spec = shipped_flow("historic");
+        let rows = [ErrorLogRow::new(
+            "lost",
+            Utc::now(),
+            "ERROR: bad".into(),
+            None,
+            "k1".into(),
+        )];
+        let locked = HashSet::new();
+        let window = WindowWrite {
+            spec: &spec,
+            items: &[],
+            error_rows: &rows,
+            now: Utc::now(),
+            locked: &locked,
+        };
+        let first = sink.write_window(window).await;
+        assert!(
+            first.is_err(),
+            "committed while the table was not there: {first:?}"
+        );
+        creating.commit().await.unwrap();
+
+        let out = sink.write_window(window).await.unwrap();
+        assert!(out.error_log_failures.is_empty(), "{out:?}");
+        let logged: Vec<String> = check
+            .query("SELECT source FROM lost.lost_error_log", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(logged, ["k1"]);
         drop(check);
         drop(sink);
         let _ = admin
