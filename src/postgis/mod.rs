@@ -491,18 +491,37 @@ mod tests {
         (admin, check, sink)
     }
 
-    /// Writes a window of `items` (no error rows found before the database, no table known to
-    /// be locked); panics on a transient error.
-    async fn write(sink: &mut Sink, spec: &FlowSpec, items: &[WriteItem]) -> WindowOutcome {
+    /// Closes the test's connections, then drops its database.
+    async fn clean_up(db: &str, admin: Client, check: Client, sink: Sink) {
+        drop(check);
+        drop(sink);
+        let _ = admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .await;
+    }
+
+    /// Writes a window of `items` and `error_rows` (error-log rows found before the database),
+    /// no table known to be locked.
+    async fn try_write(
+        sink: &mut Sink,
+        spec: &FlowSpec,
+        items: &[WriteItem],
+        error_rows: &[ErrorLogRow],
+    ) -> Result<WindowOutcome, TransientError> {
         let locked = HashSet::new();
         let window = WindowWrite {
             spec,
             items,
-            error_rows: &[],
+            error_rows,
             now: Utc::now(),
             locked: &locked,
         };
-        sink.write_window(window).await.unwrap()
+        sink.write_window(window).await
+    }
+
+    /// Writes a window of `items` alone; panics on a transient error.
+    async fn write(sink: &mut Sink, spec: &FlowSpec, items: &[WriteItem]) -> WindowOutcome {
+        try_write(sink, spec, items, &[]).await.unwrap()
     }
 
     /// SQLSTATE 26000: when the server forgets the connection's prepared statements (what
@@ -568,11 +587,7 @@ mod tests {
             .unwrap()
             .get(0);
         assert_eq!(logs, 0, "an error log was created: something was logged");
-        drop(check);
-        drop(sink);
-        let _ = admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-            .await;
+        clean_up(db, admin, check, sink).await;
     }
 
     /// Two flows' windows logging a tenant's first errors at once: while another transaction
@@ -600,22 +615,14 @@ mod tests {
             None,
             "k1".into(),
         )];
-        let locked = HashSet::new();
-        let window = WindowWrite {
-            spec: &spec,
-            items: &[],
-            error_rows: &rows,
-            now: Utc::now(),
-            locked: &locked,
-        };
-        let first = sink.write_window(window).await;
+        let first = try_write(&mut sink, &spec, &[], &rows).await;
         assert!(
             first.is_err(),
             "committed while the table was not there: {first:?}"
         );
         creating.commit().await.unwrap();
 
-        let out = sink.write_window(window).await.unwrap();
+        let out = try_write(&mut sink, &spec, &[], &rows).await.unwrap();
         assert!(out.error_log_failures.is_empty(), "{out:?}");
         let logged: Vec<String> = check
             .query("SELECT source FROM lost.lost_error_log", &[])
@@ -625,11 +632,7 @@ mod tests {
             .map(|r| r.get(0))
             .collect();
         assert_eq!(logged, ["k1"]);
-        drop(check);
-        drop(sink);
-        let _ = admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-            .await;
+        clean_up(db, admin, check, sink).await;
     }
 
     /// A lastdata write of entity `id` at `secs` seconds with `v`.
@@ -726,10 +729,6 @@ mod tests {
         assert_eq!(out.failures[0].item, 0, "{out:?}");
         assert_eq!(rows().await, ["a=a3", "b=good", "c=c2"]);
 
-        drop(check);
-        drop(sink);
-        let _ = admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-            .await;
+        clean_up(db, admin, check, sink).await;
     }
 }
