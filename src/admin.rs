@@ -275,7 +275,14 @@ pub fn health(state: &AdminState) -> serde_json::Value {
             "runtime": "rust",
             "processStartTimeSeconds": state.started.timestamp(),
         },
-        "process": {"pid": std::process::id(), "memory": {"rssBytes": rss_bytes()}},
+        "process": {
+            "pid": std::process::id(),
+            "memory": {"rssBytes": rss_bytes()},
+            // As the runtime reports it, not as configured: `--worker-threads` applied.
+            "workerThreads": tokio::runtime::Handle::try_current()
+                .map(|h| h.metrics().num_workers())
+                .ok(),
+        },
         "admin": {
             "port": state.addr.lock().expect("admin lock").map(|a| a.port()),
             "logLevel": state.log.level().to_uppercase(),

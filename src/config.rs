@@ -63,6 +63,16 @@ pub struct RunArgs {
     /// drained 2–4 % faster still, at 60–64 MiB).
     #[arg(long, env = "NGSIFLOW_READ_AHEAD", default_value_t = 1500, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub read_ahead: u32,
+    /// Threads that run the flows' tasks (decoding, transforming, the sink's client side),
+    /// 1–256; librdkafka and the dead-letter producer have threads of their own besides. The
+    /// default is one, as Kafnus's Node.js processor and Faust run a worker: on the benchmark's
+    /// 2 cores, two threads drained no faster, took about 10 % more worker CPU per notification
+    /// (tasks woken and records freed across threads) and 3-7 MiB more peak RSS (9 drains each
+    /// on 2026-12-03, README "Trading latency for throughput"). More help when several busy
+    /// flows share a machine with cores to spare; otherwise scale out with more workers in the
+    /// consumer group.
+    #[arg(long, env = "NGSIFLOW_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub worker_threads: u16,
     /// Datamodel when a record has no `fiware-datamodel` header.
     #[arg(long, env = "NGSIFLOW_DEFAULT_DATAMODEL", default_value = "dm-by-entity-type-database", value_parser = parse_datamodel)]
     pub default_datamodel: Datamodel,

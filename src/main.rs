@@ -20,10 +20,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse(); // exits with code 2 on invalid flags
     disable_transparent_huge_pages();
     purge_freed_memory_sooner();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Run(args) = &cli.command {
+        runtime.worker_threads(usize::from(args.worker_threads));
+    }
+    let runtime = runtime.enable_all().build().expect("tokio runtime");
     match cli.command {
         Command::Run(args) => {
             let level = args.log_level.clone();

@@ -206,6 +206,8 @@ async fn metrics_and_admin_endpoints_tell_the_truth() {
         .contains(&json!("/health")));
     assert!(health["metrics"]["registeredMetrics"].as_u64().unwrap() > 10);
     assert!(health["process"]["memory"]["rssBytes"].as_u64().unwrap() > 0);
+    // One thread runs the flows by default (`--worker-threads`).
+    assert_eq!(health["process"]["workerThreads"], 1, "{health}");
     for key in ["timestamp", "uptimeSeconds", "service"] {
         assert!(health.get(key).is_some(), "{key}");
     }

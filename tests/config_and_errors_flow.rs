@@ -22,7 +22,7 @@ fn invalid_configuration_exits_2_naming_the_key() {
     let tenants = dir.join("bad-tenants.txt");
     std::fs::write(&tenants, "[services.acme]\ndatamodel = \"dm-nope\"\n").unwrap();
     let tenants = tenants.to_str().unwrap().to_string();
-    let cases: [(Option<&str>, Vec<&str>, &str); 10] = [
+    let cases: [(Option<&str>, Vec<&str>, &str); 11] = [
         (
             None,
             vec!["--flows-dir", &good_dir, "--tenants-file", &tenants],
@@ -39,6 +39,7 @@ fn invalid_configuration_exits_2_naming_the_key() {
             "key `key_columns`",
         ),
         (None, vec!["--batch-size", "0"], "--batch-size"),
+        (None, vec!["--worker-threads", "0"], "--worker-threads"),
         (
             None,
             vec!["--flows", "nope", "--flows-dir", &good_dir],
@@ -159,7 +160,14 @@ async fn connect_dead_letters_and_failed_deletes_reach_the_error_log() {
         &broker.addr,
         &db.url,
         "errors",
-        &["--flows", "errors,lastdata", "--topic-prefix", "smc_"],
+        &[
+            "--flows",
+            "errors,lastdata",
+            "--topic-prefix",
+            "smc_",
+            "--worker-threads",
+            "3",
+        ],
     );
     // Tenant "acme" has no schema: its row goes to the fallback error log, naming the service,
     // and no schema is created for it.
@@ -186,6 +194,10 @@ async fn connect_dead_letters_and_failed_deletes_reach_the_error_log() {
             "DELETE FROM \"demo\".\"city_nope_lastdata\" WHERE \"entityid\" = 'Z1'".to_string()
         )]
     );
+    // The flows ran on the threads asked for, as the runtime itself counts them.
+    let (_, health) = w.get("/health").await;
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["process"]["workerThreads"], 3, "{health}");
     // The prefixed dead-letter topic exists and got the failed delete, not the Connect record.
     let t = Duration::from_secs(30);
     w.wait_metric("ngsiflow_dead_letter_total{flow=\"lastdata\"} 1", t)
