@@ -207,7 +207,7 @@ fn bind_instant(kind: ColumnKind, t: &DateTime<Utc>) -> Option<String> {
         ColumnKind::TimestampTz | ColumnKind::Text | ColumnKind::Other => {
             Some(to_rfc3339_micros(t))
         }
-        ColumnKind::Timestamp => Some(t.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f").to_string()),
+        ColumnKind::Timestamp => Some(crate::ngsi::time::to_naive_micros(t)),
         ColumnKind::Date => Some(t.date_naive().to_string()),
         ColumnKind::Json | ColumnKind::Jsonb => {
             Some(Json::String(to_rfc3339_micros(t)).to_string())
