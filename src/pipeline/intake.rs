@@ -63,13 +63,17 @@ pub(crate) fn intake(settings: &IntakeSettings, record: &Inbound, now: DateTime<
             whole_message_failure(h.service, h.correlator, record, e.to_string(), at)
         }
         Ok(n) => {
+            let service: Arc<str> = Arc::from(n.headers.service.as_str());
             let mut out = Decoded {
                 service: n.headers.service.clone(),
                 correlator: n.headers.correlator.clone(),
                 ..Decoded::default()
             };
-            let service: Arc<str> = Arc::from(out.service.as_str());
-            for r in transform(&settings.spec, n, now, &settings.transform) {
+            let ops = transform(&settings.spec, n, now, &settings.transform);
+            // Sized once: pushing from empty allocated room for four records (an NGSI
+            // notification usually holds one entity) and grew it for more.
+            out.items.reserve_exact(ops.len());
+            for r in ops {
                 out.records += 1;
                 match r {
                     Ok(op) => out.items.push(WriteItem {

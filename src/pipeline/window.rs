@@ -395,7 +395,7 @@ impl FlushWindow {
             .unwrap_or_default();
         if deferred.is_empty() {
             // Everything is committed up to the last message: nothing to remember.
-            return FlushWindow::default();
+            return self.recycled();
         }
         deferred.sort_unstable();
         deferred.dedup();
@@ -434,6 +434,21 @@ impl FlushWindow {
             .map(|m| m.record.payload.as_ref().map_or(0, Vec::len))
             .sum();
         next
+    }
+
+    /// An empty window that keeps this one's message and record buffers (emptied). A window
+    /// grown from empty by pushes reallocated its buffers about a dozen times, and buffers of
+    /// hundreds of KiB went back to the system between windows and were faulted in again.
+    fn recycled(&mut self) -> FlushWindow {
+        let mut messages = std::mem::take(&mut self.messages);
+        let mut items = std::mem::take(&mut self.items);
+        messages.clear();
+        items.clear();
+        FlushWindow {
+            messages,
+            items,
+            ..FlushWindow::default()
+        }
     }
 
     /// Per partition, the offset after the last message held (and after earlier windows').
