@@ -63,12 +63,12 @@ pub(crate) fn intake(settings: &IntakeSettings, record: &Inbound, now: DateTime<
             whole_message_failure(h.service, h.correlator, record, e.to_string(), at)
         }
         Ok(n) => {
-            let service: Arc<str> = Arc::from(n.headers.service.as_str());
             let mut out = Decoded {
                 service: n.headers.service.clone(),
                 correlator: n.headers.correlator.clone(),
                 ..Decoded::default()
             };
+            let service: Arc<str> = Arc::from(out.service.as_str());
             let ops = transform(&settings.spec, n, now, &settings.transform);
             // Sized once: pushing from empty allocated room for four records (an NGSI
             // notification usually holds one entity) and grew it for more.
