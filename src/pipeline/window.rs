@@ -557,6 +557,48 @@ mod tests {
     }
 
     #[test]
+    fn a_window_with_nothing_deferred_hands_the_next_one_its_buffers_empty() {
+        let t0 = Instant::now();
+        let mut w = window_of(
+            "historic",
+            &[
+                (0, 10, notification(&["A", "B"])),
+                (0, 11, notification(&["C"])),
+                (1, 5, notification(&["D"])),
+            ],
+            t0,
+        );
+        w.set_written(WindowOutcome {
+            written: 4,
+            ..WindowOutcome::default()
+        });
+        let mut next = w.carry_over();
+        assert!(next.is_empty() && next.items().is_empty() && next.written().is_none());
+        assert_eq!(
+            (
+                next.carried_records(),
+                next.new_record_count(),
+                next.opened()
+            ),
+            (0, 0, None)
+        );
+        assert!(
+            next.messages.capacity() >= 3 && next.items.capacity() >= 4,
+            "the buffers are kept, not grown again from empty"
+        );
+        let r = record(1, 6, &notification(&["E"]));
+        let d = intake(&settings("historic"), &r, chrono::Utc::now());
+        assert_eq!(next.add(r, t0, d).tag(), 0, "message ids start again");
+        assert_eq!(next.items()[0].source, 0);
+        next.set_written(WindowOutcome::default());
+        assert_eq!(
+            next.commit_offsets().into_iter().collect::<Vec<_>>(),
+            [(1, 7)],
+            "nothing of the flushed window's offsets is left"
+        );
+    }
+
+    #[test]
     fn records_items_failures_and_commit_offsets() {
         let t0 = Instant::now();
         let w = window_of(
