@@ -495,10 +495,10 @@ mod tests {
         w
     }
 
-    #[test]
-    fn deferred_records_hold_their_offset_back_and_are_carried_over() {
-        let t0 = Instant::now();
-        let mut w = window_of(
+    /// Items A B (message 0), C (1), D (2), E (3) of the historic flow, at offsets 10, 11 and 12
+    /// of partition 0 and 5 of partition 1.
+    fn five_records(t0: Instant) -> FlushWindow {
+        window_of(
             "historic",
             &[
                 (0, 10, notification(&["A", "B"])),
@@ -507,7 +507,13 @@ mod tests {
                 (0, 12, notification(&["E"])),
             ],
             t0,
-        );
+        )
+    }
+
+    #[test]
+    fn deferred_records_hold_their_offset_back_and_are_carried_over() {
+        let t0 = Instant::now();
+        let mut w = five_records(t0);
         // Items: A B (message 0), C (1), D (2), E (3); B and E's tables were locked.
         w.set_written(WindowOutcome {
             written: 3,
@@ -559,17 +565,9 @@ mod tests {
     #[test]
     fn a_window_with_nothing_deferred_hands_the_next_one_its_buffers_empty() {
         let t0 = Instant::now();
-        let mut w = window_of(
-            "historic",
-            &[
-                (0, 10, notification(&["A", "B"])),
-                (0, 11, notification(&["C"])),
-                (1, 5, notification(&["D"])),
-            ],
-            t0,
-        );
+        let mut w = five_records(t0);
         w.set_written(WindowOutcome {
-            written: 4,
+            written: 5,
             ..WindowOutcome::default()
         });
         let mut next = w.carry_over();
@@ -583,7 +581,7 @@ mod tests {
             (0, 0, None)
         );
         assert!(
-            next.messages.capacity() >= 3 && next.items.capacity() >= 4,
+            next.messages.capacity() >= 4 && next.items.capacity() >= 5,
             "the buffers are kept, not grown again from empty"
         );
         let r = record(1, 6, &notification(&["E"]));
