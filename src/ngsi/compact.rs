@@ -98,10 +98,7 @@ impl<'de> Visitor<'de> for AttrJsonVisitor {
 /// The lexeme of the number serde_json handed over under [`NUMBER_TOKEN`], as a tree keeps it
 /// (which also refuses a member of that name in the input that holds no number), owned.
 pub(super) fn number<E: de::Error>(lexeme: Cow<'_, str>) -> Result<Box<str>, E> {
-    number_text(lexeme).map(|n| match n {
-        Cow::Owned(s) => s.into_boxed_str(),
-        Cow::Borrowed(s) => s.into(),
-    })
+    number_text(lexeme).map(Box::from)
 }
 
 /// [`number`]'s text, not copied: a number inside a composite value is only written into its
